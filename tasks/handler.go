@@ -1,0 +1,519 @@
+package tasks
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/sendq/sendq/ledger"
+	"github.com/sendq/sendq/smtpoauth"
+)
+
+// Sender submits one message through one account; *smtpoauth.Sender is the
+// implementation a worker uses.
+type Sender interface {
+	Send(ctx context.Context, m *smtpoauth.Message) (*smtpoauth.Result, error)
+}
+
+// HandlerConfig configures a Handler. SenderFunc and Ledger are required.
+type HandlerConfig struct {
+	// SenderFunc returns the sender of an account id. An error (an unknown
+	// account) dead-letters the task: retrying cannot fix it.
+	SenderFunc func(accountID string) (Sender, error)
+	// Ledger holds the state every worker shares: which recipients already
+	// have the message, receipts, account health and dead letters.
+	Ledger *ledger.Store
+	// Retry decides backoff and when to give up. Zero fields mean defaults.
+	Retry RetryPolicy
+	// InvalidGrantThreshold and InvalidGrantWindow decide when refusals of
+	// the refresh token (invalid_grant) hold the account for
+	// re-authorization: that many in a row, the first at least that long
+	// ago. Defaults ledger.DefaultInvalidGrantThreshold and
+	// ledger.DefaultInvalidGrantWindow.
+	InvalidGrantThreshold int
+	InvalidGrantWindow    time.Duration
+	// LimitsFunc returns the sending limits of an account id, enforced
+	// together with every other handler on the same Redis (see
+	// AccountLimits). Default nil: no limits.
+	LimitsFunc func(accountID string) AccountLimits
+	// SessionRecheck is how long, on average, a task waits when its
+	// account has every session in use (AccountLimits.MaxSessions) before
+	// it looks again; the wait is jittered by ±50%. Default
+	// DefaultSessionRecheck.
+	SessionRecheck time.Duration
+	// Logger receives one line per delivery and per failure, never a token
+	// or a body. Default: discard.
+	Logger *slog.Logger
+	// NowFunc is the clock. Default time.Now.
+	NowFunc func() time.Time
+}
+
+// Handler is the asynq handler of TypeSendEmail tasks. Register it with
+// mux.Handle(tasks.TypeSendEmail, h) and give its RetryDelay and IsFailure
+// to asynq.Config, so that deferrals of a throttled or held account do not
+// spend the task's retries.
+//
+// Per attempt it: decodes the payload; completes at once if the ledger holds
+// a receipt for the Message-ID (a redelivery after a crash or a lost
+// acknowledgement); defers if the account is throttled or held, or over its
+// limits (AccountLimits: a session slot for the send, room in its rates);
+// sends to the recipients that have no outcome yet; writes the receipt right
+// after the server's 250; and turns a failure into a retry, a deferral of the
+// account, or a dead letter with a reason, following smtpoauth.Classify.
+type Handler struct {
+	cfg            HandlerConfig
+	retry          RetryPolicy
+	log            *slog.Logger
+	sessionRecheck time.Duration
+}
+
+var _ asynq.Handler = (*Handler)(nil)
+
+// NewHandler validates cfg and returns a Handler.
+func NewHandler(cfg HandlerConfig) (*Handler, error) {
+	var errs []error
+	if cfg.SenderFunc == nil {
+		errs = append(errs, errors.New("tasks: HandlerConfig.SenderFunc is required"))
+	}
+	if cfg.SessionRecheck < 0 {
+		errs = append(errs, fmt.Errorf("tasks: HandlerConfig.SessionRecheck %s is negative", cfg.SessionRecheck))
+	}
+	if cfg.Ledger == nil {
+		errs = append(errs, errors.New("tasks: HandlerConfig.Ledger is required"))
+	}
+	retry := cfg.Retry.WithDefaults()
+	errs = append(errs, retry.validate())
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.NowFunc == nil {
+		cfg.NowFunc = time.Now
+	}
+	if cfg.InvalidGrantThreshold <= 0 {
+		cfg.InvalidGrantThreshold = ledger.DefaultInvalidGrantThreshold
+	}
+	if cfg.InvalidGrantWindow <= 0 {
+		cfg.InvalidGrantWindow = ledger.DefaultInvalidGrantWindow
+	}
+	return &Handler{cfg: cfg, retry: retry, log: cfg.Logger, sessionRecheck: cmp.Or(cfg.SessionRecheck, DefaultSessionRecheck)}, nil
+}
+
+// Result is what a completed task's result holds (asynq's ResultWriter), for
+// producers asking what happened to their message.
+type Result struct {
+	MessageID string      `json:"message_id"`
+	Accepted  []string    `json:"accepted"`
+	Rejected  []Rejection `json:"rejected,omitempty"`
+	// Reply is the server's reply to the end of DATA, "250 2.0.0 OK …".
+	Reply string `json:"reply"`
+	// PossibleDuplicate is set when an attempt lost its connection after
+	// the final "." and the message may have been delivered twice.
+	PossibleDuplicate bool `json:"possible_duplicate,omitempty"`
+}
+
+// Rejection is a recipient the server refused for good, with its reply.
+type Rejection = ledger.Rejection
+
+// attempt is one run of ProcessTask: the task and what is known about it.
+type attempt struct {
+	task     *asynq.Task
+	taskID   string
+	queue    string
+	retried  int
+	maxRetry int
+	payload  *Payload
+	log      *slog.Logger
+}
+
+// ProcessTask delivers one email:send task.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	a := &attempt{task: t}
+	a.taskID, _ = asynq.GetTaskID(ctx)
+	a.queue, _ = asynq.GetQueueName(ctx)
+	a.retried, _ = asynq.GetRetryCount(ctx)
+	a.maxRetry, _ = asynq.GetMaxRetry(ctx)
+	a.log = h.log.With("task_id", a.taskID, "attempt", a.retried+1)
+
+	p, err := DecodePayload(t.Payload())
+	if err != nil {
+		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassPermanentMessage, "invalid payload: "+err.Error())
+	}
+	a.payload = p
+	a.log = a.log.With("account", p.AccountID, "message_id", p.MessageID)
+
+	d, err := h.cfg.Ledger.Delivery(ctx, p.MessageID)
+	if err != nil {
+		return fmt.Errorf("read delivery state: %w", err)
+	}
+	if d.Receipt != nil {
+		a.log.Info("already delivered, not sending again", "accepted", len(d.Receipt.Accepted))
+		h.writeResult(a, d.Receipt)
+		return nil
+	}
+	now := h.cfg.NowFunc()
+	// The queue lifetime counts from enqueue, or from the operator's last
+	// requeue.
+	if start := later(p.Date, d.RequeuedAt); !start.IsZero() && now.Sub(start) > h.retry.Lifetime {
+		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassTransient,
+			fmt.Sprintf("undeliverable for %s (queue lifetime)", h.retry.Lifetime))
+	}
+
+	st, err := h.cfg.Ledger.Account(ctx, p.AccountID)
+	if err != nil {
+		return fmt.Errorf("read account health: %w", err)
+	}
+	if ok, retryAt := h.cfg.Ledger.Usable(st, now); !ok {
+		if retryAt.IsZero() {
+			retryAt = now.Add(h.retry.HeldRecheck)
+		}
+		a.log.Debug("deferred: account not usable", "state", string(st.State), "until", retryAt)
+		return &deferError{until: retryAt, reason: fmt.Sprintf("account %s is %s: %s", p.AccountID, st.State, st.Reason)}
+	}
+
+	sender, err := h.cfg.SenderFunc(p.AccountID)
+	if err != nil {
+		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassNeedsHuman,
+			fmt.Sprintf("account %s: %v", p.AccountID, err))
+	}
+	from, rcpts := p.Envelope()
+	pending := d.Pending(rcpts)
+	if len(pending) == 0 {
+		// Every recipient has an outcome but no receipt was written (a
+		// crash between the two): complete now.
+		return h.complete(ctx, a, st, &ledger.Receipt{MessageID: p.MessageID, TaskID: a.taskID, Reply: acceptedReply(d), PossibleDuplicate: d.PossibleDuplicate})
+	}
+	data, err := p.BuildMIME()
+	if err != nil {
+		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassPermanentMessage, "build message: "+err.Error())
+	}
+
+	// The account's limits: a session slot for the send, and room in its
+	// rates. The slot goes back as soon as the send is over, on every path.
+	release, err := h.admit(ctx, a, len(pending))
+	if err != nil {
+		return err
+	}
+	defer release()
+	res, sendErr := sender.Send(ctx, &smtpoauth.Message{From: from, To: pending, Data: data})
+	release()
+	if sendErr == nil {
+		return h.delivered(ctx, a, st, d, res)
+	}
+	return h.failed(ctx, a, d, res, sendErr)
+}
+
+// delivered handles a submission the server took (250 to DATA) for at least
+// one recipient.
+func (h *Handler) delivered(ctx context.Context, a *attempt, st ledger.AccountStatus, d *ledger.Delivery, res *smtpoauth.Result) error {
+	reply := ""
+	if res.Reply != nil {
+		reply = smtpoauth.FormatReply(res.Reply)
+	}
+	rejected, deferred := splitRejections(res)
+	if len(deferred) > 0 {
+		// The accepted recipients have it; only the deferred ones are
+		// tried again, later.
+		if err := h.cfg.Ledger.RecordRecipients(ctx, a.payload.MessageID, a.taskID, res.Accepted(), reply, rejected); err != nil {
+			a.log.Error("could not record delivered recipients; a retry may send them a second copy", "error", err)
+		}
+		h.recipientDeadLetter(ctx, a, rejected)
+		first := deferred[0]
+		return fmt.Errorf("%d recipient(s) deferred, first %s: %s", len(deferred), first.Address, smtpoauth.FormatReply(first.Reply))
+	}
+	r := &ledger.Receipt{
+		MessageID:         a.payload.MessageID,
+		TaskID:            a.taskID,
+		Accepted:          res.Accepted(),
+		Rejected:          rejected,
+		Reply:             reply,
+		PossibleDuplicate: d.PossibleDuplicate,
+	}
+	h.recipientDeadLetter(ctx, a, rejected)
+	return h.complete(ctx, a, st, r)
+}
+
+// complete writes the receipt and the task result. The receipt is written
+// before anything else: from then on a redelivered task does not send.
+func (h *Handler) complete(ctx context.Context, a *attempt, st ledger.AccountStatus, r *ledger.Receipt) error {
+	if err := h.writeReceipt(ctx, r); err != nil {
+		// The message went out; returning an error would send it again.
+		// Log loudly and complete: asynq's acknowledgement is the second
+		// record of success.
+		a.log.Error("delivered but could not write the receipt; a redelivery of this task would send again", "error", err)
+	}
+	if st.State != ledger.AccountOK {
+		if err := h.cfg.Ledger.Succeeded(ctx, a.payload.AccountID); err != nil {
+			a.log.Warn("could not mark the account healthy", "error", err)
+		}
+	}
+	// Read back the merged receipt (all attempts) for the result.
+	if full, err := h.cfg.Ledger.Delivery(ctx, r.MessageID); err == nil && full.Receipt != nil {
+		r = full.Receipt
+	}
+	h.writeResult(a, r)
+	a.log.Info("delivered", "accepted", len(r.Accepted), "rejected", len(r.Rejected), "possible_duplicate", r.PossibleDuplicate)
+	return nil
+}
+
+// writeReceipt retries a failed receipt write a few times: Redis blips are
+// short, and a missing receipt is what turns a crash into a duplicate.
+func (h *Handler) writeReceipt(ctx context.Context, r *ledger.Receipt) error {
+	// Keep trying through a Redis restart or failover (seconds), even when
+	// the task's context ends: the message is out, and only the receipt
+	// stops a later redelivery from sending it again.
+	var err error
+	delay := 50 * time.Millisecond
+	for deadline := time.Now().Add(receiptPatience); ; {
+		if err = h.cfg.Ledger.WriteReceipt(context.WithoutCancel(ctx), r); err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, time.Second)
+	}
+}
+
+// receiptPatience is how long writeReceipt keeps trying.
+const receiptPatience = 20 * time.Second
+
+// failed turns a failed submission into a retry, a deferral or a dead letter.
+func (h *Handler) failed(ctx context.Context, a *attempt, d *ledger.Delivery, res *smtpoauth.Result, sendErr error) error {
+	c := smtpoauth.Classify(sendErr)
+	log := a.log.With("class", c.Class.String())
+	if c.Code != 0 {
+		log = log.With("smtp_code", c.Code)
+	}
+	p := a.payload
+	now := h.cfg.NowFunc()
+
+	// Recipients refused for good in this attempt stay refused whatever
+	// happened next.
+	var rejected []ledger.Rejection
+	if res != nil {
+		rejected, _ = splitRejections(res)
+	}
+
+	switch c.Class {
+	case smtpoauth.ClassPermanentRecipient:
+		if err := h.cfg.Ledger.RecordRecipients(ctx, p.MessageID, a.taskID, nil, "", rejected); err != nil {
+			return fmt.Errorf("record rejected recipients: %w", err)
+		}
+		if anyAccepted(d) {
+			// Earlier attempts delivered to the others: the message is
+			// complete, these recipients are dead letters of their own.
+			log.Warn("remaining recipients rejected", "rejected", len(rejected), "reason", c.Reason)
+			h.recipientDeadLetter(ctx, a, rejected)
+			return h.complete(ctx, a, ledger.AccountStatus{State: ledger.AccountOK}, &ledger.Receipt{MessageID: p.MessageID, TaskID: a.taskID, Reply: acceptedReply(d), PossibleDuplicate: d.PossibleDuplicate})
+		}
+		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, addresses(rejected), c.Class, c.Reason)
+
+	case smtpoauth.ClassPermanentMessage:
+		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, c.Class, c.Reason)
+
+	case smtpoauth.ClassThrottle:
+		until := now.Add(max(c.RetryAfter, time.Second))
+		if err := h.cfg.Ledger.Throttle(ctx, p.AccountID, until, c.Reason); err != nil {
+			log.Warn("could not record the throttle", "error", err)
+		}
+		log.Warn("account throttled", "until", until, "reason", c.Reason)
+		return &deferError{until: until, reason: c.Reason}
+
+	case smtpoauth.ClassAuth:
+		var st ledger.AccountStatus
+		var err error
+		if c.InvalidGrant {
+			st, err = h.cfg.Ledger.InvalidGrant(ctx, p.AccountID, c.Reason, h.cfg.InvalidGrantThreshold, h.cfg.InvalidGrantWindow)
+		} else {
+			st, err = h.cfg.Ledger.AuthFailed(ctx, p.AccountID, c.Reason)
+		}
+		if err != nil {
+			return fmt.Errorf("%s (and recording it failed: %v)", c.Reason, err)
+		}
+		until := st.Until
+		if st.State == ledger.AccountHeld || !until.After(now) {
+			until = now.Add(h.retry.HeldRecheck)
+		}
+		log.Error("authentication failing: the account's mail is deferred", "state", string(st.State), "until", until, "reason", c.Reason)
+		return &deferError{until: until, reason: c.Reason}
+
+	case smtpoauth.ClassNeedsHuman:
+		if err := h.cfg.Ledger.Hold(ctx, p.AccountID, c.Hold, c.Reason); err != nil {
+			return fmt.Errorf("%s (and holding the account failed: %v)", c.Reason, err)
+		}
+		log.Error("account held: needs "+c.Hold, "reason", c.Reason)
+		return &deferError{until: now.Add(h.retry.HeldRecheck), reason: c.Reason}
+
+	case smtpoauth.ClassAmbiguous:
+		if err := h.cfg.Ledger.MarkPossibleDuplicate(ctx, p.MessageID, a.taskID); err != nil {
+			log.Warn("could not flag the possible duplicate", "error", err)
+		}
+		log.Warn("connection lost after the end of DATA: retrying, possible duplicate", "error", sendErr)
+	default:
+		log.Warn("send failed, will retry", "error", sendErr)
+	}
+	if len(rejected) > 0 {
+		if err := h.cfg.Ledger.RecordRecipients(ctx, p.MessageID, a.taskID, nil, "", rejected); err != nil {
+			log.Warn("could not record rejected recipients", "error", err)
+		}
+		h.recipientDeadLetter(ctx, a, rejected)
+	}
+	if a.retried >= min(a.maxRetry, h.retry.MaxAttempts) {
+		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, c.Class,
+			fmt.Sprintf("gave up after %d attempts: %s", a.retried+1, c.Reason))
+	}
+	return sendErr
+}
+
+// deadLetter records a durable dead letter and returns the error that makes
+// asynq archive the task with the same reason.
+func (h *Handler) deadLetter(ctx context.Context, a *attempt, kind string, rcpts []string, class smtpoauth.Class, reason string) error {
+	dl := &ledger.DeadLetter{
+		ID:      a.taskID,
+		Kind:    kind,
+		TaskID:  a.taskID,
+		Queue:   a.queue,
+		Reason:  reason,
+		Class:   class.String(),
+		Payload: a.task.Payload(),
+	}
+	if a.payload != nil {
+		dl.MessageID = a.payload.MessageID
+		dl.Account = a.payload.AccountID
+		if rcpts == nil {
+			_, rcpts = a.payload.Envelope()
+		}
+	}
+	dl.Recipients = rcpts
+	if err := h.cfg.Ledger.AddDeadLetter(context.WithoutCancel(ctx), dl); err != nil {
+		// Without the durable record, keep the task retrying rather than
+		// archive it where asynq may trim it silently.
+		return fmt.Errorf("%s (dead letter not recorded: %v)", reason, err)
+	}
+	a.log.Error("dead-lettered", "class", class.String(), "reason", reason)
+	return fmt.Errorf("%s: %w", reason, asynq.SkipRetry)
+}
+
+// recipientDeadLetter records recipients refused for good while the message
+// went, or goes, to the others.
+func (h *Handler) recipientDeadLetter(ctx context.Context, a *attempt, rejected []ledger.Rejection) {
+	if len(rejected) == 0 {
+		return
+	}
+	reason := "recipient rejected: " + rejected[0].Reply
+	if len(rejected) > 1 {
+		reason = fmt.Sprintf("%d recipients rejected, first %s: %s", len(rejected), rejected[0].Address, rejected[0].Reply)
+	}
+	dl := &ledger.DeadLetter{
+		Kind:       ledger.DeadLetterRecipients,
+		TaskID:     a.taskID,
+		Queue:      a.queue,
+		MessageID:  a.payload.MessageID,
+		Account:    a.payload.AccountID,
+		Recipients: addresses(rejected),
+		Reason:     reason,
+		Class:      smtpoauth.ClassPermanentRecipient.String(),
+		Payload:    a.task.Payload(),
+	}
+	if err := h.cfg.Ledger.AddDeadLetter(context.WithoutCancel(ctx), dl); err != nil {
+		a.log.Error("could not record the rejected recipients as a dead letter", "error", err)
+		return
+	}
+	a.log.Warn("recipients rejected", "rejected", len(rejected), "reason", reason)
+}
+
+func (h *Handler) writeResult(a *attempt, r *ledger.Receipt) {
+	w := a.task.ResultWriter()
+	if w == nil {
+		return
+	}
+	b, err := json.Marshal(Result{MessageID: r.MessageID, Accepted: r.Accepted, Rejected: r.Rejected, Reply: r.Reply, PossibleDuplicate: r.PossibleDuplicate})
+	if err == nil {
+		_, err = w.Write(b)
+	}
+	if err != nil {
+		a.log.Warn("could not write the task result", "error", err)
+	}
+}
+
+// splitRejections separates the recipients refused for good (5xx) from the
+// deferred ones (4xx, or no reply).
+func splitRejections(res *smtpoauth.Result) (rejected []ledger.Rejection, deferred []smtpoauth.RecipientResult) {
+	if res == nil {
+		return nil, nil
+	}
+	for _, r := range res.Rejected() {
+		if r.Reply != nil && r.Reply.Code >= 500 {
+			c := smtpoauth.ClassifyReply(smtpoauth.StageRcpt, r.Reply)
+			if c.Class == smtpoauth.ClassPermanentRecipient {
+				rejected = append(rejected, ledger.Rejection{Address: r.Address, Reply: smtpoauth.FormatReply(r.Reply)})
+				continue
+			}
+		}
+		deferred = append(deferred, r)
+	}
+	return rejected, deferred
+}
+
+// acceptedReply returns the reply to the end of DATA recorded for an
+// earlier attempt's accepted recipients, the message's final reply when the
+// last attempt sent nothing.
+func acceptedReply(d *ledger.Delivery) string {
+	var latest ledger.RecipientStatus
+	for _, st := range d.Recipients {
+		if st.State == ledger.RecipientAccepted && st.At.After(latest.At) {
+			latest = st
+		}
+	}
+	return latest.Reply
+}
+
+// anyAccepted reports whether an earlier attempt delivered to a recipient.
+func anyAccepted(d *ledger.Delivery) bool {
+	for _, st := range d.Recipients {
+		if st.State == ledger.RecipientAccepted {
+			return true
+		}
+	}
+	return false
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func addresses(rs []ledger.Rejection) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.Address
+	}
+	return out
+}
+
+// RetryDelay is the asynq.RetryDelayFunc of sendq's tasks: a deferred task
+// waits until its account may send again; a failed one backs off
+// exponentially with full jitter (RetryPolicy.Backoff).
+func (h *Handler) RetryDelay(n int, err error, t *asynq.Task) time.Duration {
+	var de *deferError
+	if errors.As(err, &de) {
+		return max(de.until.Sub(h.cfg.NowFunc()), 0)
+	}
+	return h.retry.Backoff(n)
+}
+
+// IsFailure reports whether err counts against the task's retries: a
+// deferral of a throttled, failing or held account does not.
+func (h *Handler) IsFailure(err error) bool {
+	var de *deferError
+	return !errors.As(err, &de)
+}

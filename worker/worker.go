@@ -1,0 +1,242 @@
+package worker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/accounts"
+	"github.com/sendq/sendq/ledger"
+	"github.com/sendq/sendq/tasks"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultConcurrency     = 10
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// Config configures a Worker. Redis and Accounts are required; every other
+// zero field means the default its comment names.
+type Config struct {
+	// Redis is the queue's Redis server (asynq.ParseRedisURI reads a URL).
+	Redis asynq.RedisConnOpt
+	// Accounts lists the mailboxes the worker may send through.
+	Accounts *accounts.File
+	// Concurrency is how many messages this process sends at once.
+	// Default DefaultConcurrency.
+	Concurrency int
+	// Queues maps queue names to priority weights. Default
+	// {tasks.DefaultQueue: 1}.
+	Queues map[string]int
+	// ShutdownTimeout is how long in-flight sends get to finish after Run's
+	// context ends; tasks still running then go back to the queue.
+	// Default DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// Retry decides backoff and when a message is given up. Zero fields
+	// mean the defaults of tasks.RetryPolicy.
+	Retry tasks.RetryPolicy
+	// InvalidGrantThreshold and InvalidGrantWindow decide when refusals of
+	// an account's refresh token hold it for re-authorization (see
+	// tasks.HandlerConfig). Zero means the defaults.
+	InvalidGrantThreshold int
+	InvalidGrantWindow    time.Duration
+	// Ledger configures the shared state kept in the same Redis: key
+	// prefix and retention. Zero fields mean ledger's defaults. Its
+	// TokenKeys and InsecurePlaintextTokens are replaced by TokenKeys and
+	// DevInsecureTokenStore.
+	Ledger ledger.Options
+	// TokenKeys encrypts the refresh and access tokens the workers share
+	// in Redis (see ledger.Keyring and ledger.LoadKeyring). Required unless
+	// DevInsecureTokenStore is set.
+	TokenKeys *ledger.Keyring
+	// DevInsecureTokenStore, with no TokenKeys, stores tokens in Redis in
+	// plaintext, and logs a warning: for development only. With TokenKeys,
+	// tokens are encrypted and plaintext ones stored earlier stay readable.
+	// Default false.
+	DevInsecureTokenStore bool
+	// TokenSharing tunes how the workers share tokens: keep-alive period,
+	// lock time to live, refresh margin. Its Tokens field is replaced by
+	// the ledger; zero fields mean the defaults of accounts.RegistryOptions.
+	TokenSharing accounts.RegistryOptions
+	// Logger receives the worker's and the queue's logs. Default: discard.
+	Logger *slog.Logger
+
+	// pollInterval overrides asynq's scheduled/retry check interval (tests).
+	pollInterval time.Duration
+}
+
+// WithDefaults returns a copy of c with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
+	if len(c.Queues) == 0 {
+		c.Queues = map[string]int{tasks.DefaultQueue: 1}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Redis == nil {
+		errs = append(errs, errors.New("worker config: Redis is required"))
+	}
+	if c.Accounts == nil {
+		errs = append(errs, errors.New("worker config: Accounts is required"))
+	}
+	if c.TokenKeys == nil && !c.DevInsecureTokenStore {
+		errs = append(errs, ErrNoTokenKeys)
+	}
+	if c.Concurrency < 0 {
+		errs = append(errs, fmt.Errorf("worker config: Concurrency %d is negative", c.Concurrency))
+	}
+	for q, w := range c.Queues {
+		if q == "" || w < 1 {
+			errs = append(errs, fmt.Errorf("worker config: Queues: %q has weight %d, want a name and a weight of at least 1", q, w))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ErrNoTokenKeys is returned by New when Config has neither TokenKeys nor
+// DevInsecureTokenStore. Its message says how to provide either.
+var ErrNoTokenKeys = errors.New("worker config: no token encryption key: set " +
+	ledger.EnvTokenKey + " (base64 of 32 random bytes, e.g. `openssl rand -base64 32`), " +
+	ledger.EnvTokenKeys + " (id:base64,... the first current) or " + ledger.EnvTokenKeyFile +
+	"; or, for development only, run with -dev-insecure-token-store (" + EnvDevInsecureTokenStore + "=1) to store tokens in plaintext")
+
+// EnvDevInsecureTokenStore is the environment variable that turns on
+// Config.DevInsecureTokenStore in cmd/worker (value 1 or true).
+const EnvDevInsecureTokenStore = "SENDQ_DEV_INSECURE_TOKEN_STORE"
+
+// Worker takes email:send tasks from Redis and delivers them.
+type Worker struct {
+	cfg      Config
+	rdb      redis.UniversalClient
+	ledger   *ledger.Store
+	registry *accounts.Registry
+	srv      *asynq.Server
+	mux      *asynq.ServeMux
+	handler  *tasks.Handler
+}
+
+// New builds a Worker: it validates the configuration and prepares one token
+// source and sender per account, sharing tokens with the other workers
+// through the ledger (encrypted with TokenKeys). Nothing is sent until Run.
+func New(cfg Config) (*Worker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, errors.New("worker config: Redis does not make a go-redis v9 client")
+	}
+	lopts := cfg.Ledger
+	lopts.TokenKeys = cfg.TokenKeys
+	lopts.InsecurePlaintextTokens = cfg.DevInsecureTokenStore
+	store := ledger.New(rdb, lopts)
+	if cfg.TokenKeys == nil {
+		cfg.Logger.Warn("tokens are stored in Redis in plaintext: for development only",
+			"flag", "-dev-insecure-token-store", "production", "set "+ledger.EnvTokenKey)
+	} else {
+		cfg.Logger.Info("token encryption", "keys", cfg.TokenKeys)
+	}
+	// Token sources live as long as the process, not as long as a task.
+	ropts := cfg.TokenSharing
+	ropts.Tokens = store
+	registry, err := accounts.NewRegistry(context.Background(), cfg.Accounts, cfg.Logger, ropts)
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	h, err := tasks.NewHandler(tasks.HandlerConfig{
+		SenderFunc: func(account string) (tasks.Sender, error) { return registry.SenderFor(account) },
+		LimitsFunc: func(account string) tasks.AccountLimits { return accountLimits(cfg.Accounts, account) },
+		Ledger:     store,
+		Retry:      cfg.Retry,
+		Logger:     cfg.Logger,
+
+		InvalidGrantThreshold: cfg.InvalidGrantThreshold,
+		InvalidGrantWindow:    cfg.InvalidGrantWindow,
+	})
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	srv := asynq.NewServer(cfg.Redis, asynq.Config{
+		Concurrency:              cfg.Concurrency,
+		Queues:                   cfg.Queues,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		Logger:                   asynqLogger{cfg.Logger},
+		LogLevel:                 asynq.WarnLevel,
+		RetryDelayFunc:           h.RetryDelay,
+		IsFailure:                h.IsFailure,
+		DelayedTaskCheckInterval: cfg.pollInterval,
+		TaskCheckInterval:        cfg.pollInterval,
+	})
+	mux := asynq.NewServeMux()
+	mux.Handle(tasks.TypeSendEmail, h)
+	return &Worker{cfg: cfg, rdb: rdb, ledger: store, registry: registry, srv: srv, mux: mux, handler: h}, nil
+}
+
+// accountLimits returns the sending limits of an account of the file, which
+// every worker enforces together (tasks.AccountLimits); none for an unknown
+// account (the handler dead-letters its mail before asking).
+func accountLimits(f *accounts.File, id string) tasks.AccountLimits {
+	a, ok := f.Account(id)
+	if !ok {
+		return tasks.AccountLimits{}
+	}
+	return tasks.AccountLimits{
+		MaxSessions:       a.Limits.MaxSessions,
+		MessagesPerMinute: a.Limits.MessagesPerMinute,
+		MessagesPerDay:    a.Limits.MessagesPerDay,
+		RecipientsPerDay:  a.Limits.RecipientsPerDay,
+	}
+}
+
+// Run processes tasks until ctx ends, then shuts down gracefully: it stops
+// taking tasks, gives in-flight sends the shutdown timeout to finish,
+// returns unfinished ones to the queue, and closes the idle SMTP
+// connections. Meanwhile it keeps the refresh tokens of idle accounts
+// alive (accounts.Registry.KeepAlive).
+func (w *Worker) Run(ctx context.Context) error {
+	defer w.rdb.Close()
+	if err := w.ledger.LoadScripts(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started
+		}
+		return fmt.Errorf("redis: %w", err)
+	}
+	if err := w.srv.Start(w.mux); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	keepAliveCtx, stopKeepAlive := context.WithCancel(ctx)
+	keepAliveDone := make(chan struct{})
+	go func() {
+		defer close(keepAliveDone)
+		w.registry.KeepAlive(keepAliveCtx)
+	}()
+	w.cfg.Logger.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", fmt.Sprint(w.cfg.Queues))
+	<-ctx.Done()
+	w.cfg.Logger.Info("worker stopping", "shutdown_timeout", w.cfg.ShutdownTimeout.String())
+	stopKeepAlive()
+	w.srv.Shutdown()
+	// The sends are over: end the pooled SMTP connections with QUIT.
+	if err := w.registry.Close(); err != nil {
+		w.cfg.Logger.Warn("closing smtp connections", "error", err)
+	}
+	<-keepAliveDone
+	w.cfg.Logger.Info("worker stopped")
+	return nil
+}
