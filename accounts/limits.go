@@ -23,13 +23,10 @@ import (
 //
 // Days and minutes are sliding windows: any 24 hours, any 60 seconds.
 type Limits struct {
-	// MaxSessions is how many SMTP sessions the account may have open at
-	// once across all workers, which hold a slot for each submission in
-	// progress. Preset: MicrosoftMaxSessions. Idle sessions an SMTP
-	// connection pool keeps open count at the provider too but hold no
-	// slot: a process's pool must keep at most MaxConns connections, and
-	// with several processes idle pooled sessions can still add up past
-	// the limit.
+	// MaxSessions is how many SMTP sessions (connections) the account may
+	// have open at once across all workers: with RegistryOptions.Sessions,
+	// each connection holds a slot from its dial until it is closed, idle
+	// pooled connections included. Preset: MicrosoftMaxSessions.
 	MaxSessions int
 	// MessagesPerMinute is how many messages the account may submit in
 	// any minute. Preset: MicrosoftMessagesPerMinute.

@@ -48,6 +48,13 @@ type RegistryOptions struct {
 	// comes back as an *oauth2.RetrieveError. Redis failing fails the
 	// refresh (it never falls back to a refresh that could not be stored).
 	Tokens TokenStore
+	// Sessions, if set, enforces each account's Limits.MaxSessions across
+	// every process that uses the same store (a *ledger.Store): the
+	// account's Sender gets Sessions.ConnLimiter as its
+	// smtpoauth.Config.ConnLimiter, and a pool of at most MaxSessions
+	// connections. Default nil: MaxSessions bounds each process's pool
+	// only.
+	Sessions SessionLimits
 	// KeepAlive is the longest an idle account's refresh token goes
 	// unused, with Tokens: KeepAlive runs a check every KeepAlive/8 to
 	// KeepAlive/4 (random) per account, and one process per KeepAlive/2
@@ -86,6 +93,12 @@ func (o RegistryOptions) WithDefaults() RegistryOptions {
 		o.nowFunc = time.Now
 	}
 	return o
+}
+
+// SessionLimits makes the cluster-wide limit of an account's concurrent SMTP
+// sessions (see RegistryOptions.Sessions). *ledger.Store implements it.
+type SessionLimits interface {
+	ConnLimiter(account string, limit int, logger *slog.Logger) smtpoauth.ConnLimiter
 }
 
 // Registry holds one token source and one *smtpoauth.Sender per account,
@@ -130,6 +143,10 @@ func NewRegistry(ctx context.Context, f *File, logger *slog.Logger, opts Registr
 			continue
 		}
 		cfg.Logger = logger.With("account", a.ID)
+		cfg.MaxConns = a.Limits.MaxConns(cfg.MaxConns)
+		if a.Limits.MaxSessions > 0 && opts.Sessions != nil {
+			cfg.ConnLimiter = opts.Sessions.ConnLimiter(a.ID, a.Limits.MaxSessions, cfg.Logger)
+		}
 		s, err := smtpoauth.NewSender(cfg)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%v: %w", a, err))

@@ -216,6 +216,8 @@ type Allowance struct {
 	RetryAfter time.Duration
 	// Refused, when not Allowed, is the rate that needs the longest wait.
 	Refused Rate
+	// ID identifies the counted uses when Allowed, for Refund.
+	ID string
 }
 
 // Allow counts uses of an account's rates if all of them fit, in one round
@@ -232,7 +234,8 @@ func (s *Store) Allow(ctx context.Context, account string, uses ...Use) (Allowan
 		return Allowance{}, fmt.Errorf("allow: %w", errEmptyAccount)
 	}
 	var keys []string
-	args := []any{ms(s.now()), uuid.NewString()}
+	id := uuid.NewString()
+	args := []any{ms(s.now()), id}
 	var rates []Rate
 	seen := make(map[string]bool, len(uses))
 	for _, u := range uses {
@@ -267,7 +270,7 @@ func (s *Store) Allow(ctx context.Context, account string, uses ...Use) (Allowan
 		return Allowance{}, fmt.Errorf("allow account %s: unexpected script reply %v", account, v)
 	}
 	if v[0] == 1 {
-		return Allowance{Allowed: true}, nil
+		return Allowance{Allowed: true, ID: id}, nil
 	}
 	i := int(v[2]) - 1
 	if i < 0 || i >= len(rates) {
@@ -275,6 +278,44 @@ func (s *Store) Allow(ctx context.Context, account string, uses ...Use) (Allowan
 	}
 	return Allowance{RetryAfter: time.Duration(v[1]) * time.Millisecond, Refused: rates[i]}, nil
 }
+
+// Refund takes back the uses an Allow counted (a.ID; the same uses) when
+// the operation did not happen after all, in one round trip. Refunding
+// twice, an Allowance that was not allowed or uses that left their window
+// already is harmless.
+func (s *Store) Refund(ctx context.Context, account string, a Allowance, uses ...Use) error {
+	if !a.Allowed || a.ID == "" {
+		return nil
+	}
+	var keys []string
+	var args []any
+	for _, u := range uses {
+		if u.N <= 0 {
+			continue
+		}
+		keys = append(keys, s.rateKey(account, u.Rate.Name), s.rateKey(account, u.Rate.Name)+":total")
+		args = append(args, fmt.Sprintf("%d:%s", u.N, a.ID), u.N)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if err := refundScript.Run(ctx, s.rdb, keys, args...).Err(); err != nil {
+		return fmt.Errorf("refund account %s: %w", account, err)
+	}
+	return nil
+}
+
+// refundScript: for rate i, KEYS[2i-1] its log and KEYS[2i] its total;
+// ARGV[2i-1] the member to remove and ARGV[2i] its amount, taken off the
+// total only if the member was still in the log.
+var refundScript = redis.NewScript(`
+for i = 1, #KEYS / 2 do
+  if redis.call('ZREM', KEYS[2*i-1], ARGV[2*i-1]) == 1 and redis.call('EXISTS', KEYS[2*i]) == 1 then
+    redis.call('DECRBY', KEYS[2*i], ARGV[2*i])
+  end
+end
+return 0
+`)
 
 // Used returns how much of rate r account used in the window that ends now,
 // in one round trip; it changes nothing.

@@ -28,9 +28,16 @@ import (
 //
 // A slot (a count in open) is held from the dial of a connection until it
 // is closed, QUIT included, so that the server never sees more than
-// MaxConns sessions of the Sender.
+// MaxConns sessions of the Sender. With a Config.ConnLimiter, each slot
+// with a connection also holds one of the mailbox's slots across
+// processes (a lease), taken before the dial and given back once the
+// connection is closed, or passed on with the slot to a waiting Send. When
+// the limiter has no slot free, a Send waits for one of the Sender's own
+// connections if it has any, and otherwise fails at once with
+// ErrConnLimit, so that the caller can try again later.
 type pool struct {
 	s           *Sender
+	limiter     ConnLimiter
 	maxConns    int // 0: unlimited
 	maxIdle     int
 	maxMessages int
@@ -48,15 +55,26 @@ type pool struct {
 	mu      sync.Mutex
 	idle    []*session // most recently used last
 	open    int        // connections being dialled, in use, idle or being closed
-	waiters []chan *session
+	waiters []chan grant
 	closed  bool
 	closing int        // sessions being closed in the background
 	drained *sync.Cond // on mu; broadcast when closing drops to 0
+
+	releasing sync.WaitGroup // leases being given back to the limiter
+}
+
+// grant is what a waiting Send receives: a session to reuse, or else (ss
+// nil) a slot to dial into, with the lease of the connection that had it
+// (nil when there is none, or no limiter).
+type grant struct {
+	ss    *session
+	lease func()
 }
 
 func newPool(s *Sender) *pool {
 	p := &pool{
 		s:           s,
+		limiter:     s.cfg.ConnLimiter,
 		maxConns:    s.cfg.MaxConns,
 		maxIdle:     s.cfg.MaxIdleConns,
 		maxMessages: s.cfg.MaxMessagesPerConn,
@@ -86,10 +104,15 @@ func (p *pool) get(ctx context.Context) (*session, error) {
 	if p.maxConns == 0 || p.open < p.maxConns {
 		p.open++
 		p.mu.Unlock()
-		return p.dial(ctx)
+		return p.dial(ctx, nil)
 	}
-	// A waiter receives a session to reuse, or nil: a slot to dial into.
-	ch := make(chan *session, 1)
+	return p.waitLocked(ctx)
+}
+
+// waitLocked waits, from a locked p.mu (which it unlocks), for a session to
+// reuse or a slot to dial into.
+func (p *pool) waitLocked(ctx context.Context) (*session, error) {
+	ch := make(chan grant, 1)
 	p.waiters = append(p.waiters, ch)
 	hook := p.waiting
 	p.mu.Unlock()
@@ -98,14 +121,14 @@ func (p *pool) get(ctx context.Context) (*session, error) {
 	}
 
 	select {
-	case ss := <-ch:
+	case g := <-ch:
 		switch {
-		case ss == nil:
-			return p.dial(ctx)
+		case g.ss == nil:
+			return p.dial(ctx, g.lease)
 		case contextError(ctx) == nil:
-			return ss, nil
+			return g.ss, nil
 		}
-		p.put(ss, nil) // not to be closed by the ended ctx: pass it on
+		p.put(g.ss, nil) // not to be closed by the ended ctx: pass it on
 		return nil, p.waitFailed(ctx)
 	case <-ctx.Done():
 	}
@@ -117,10 +140,10 @@ func (p *pool) get(ctx context.Context) (*session, error) {
 	p.mu.Unlock()
 	if i < 0 {
 		// Served while giving up: pass it on.
-		if ss := <-ch; ss != nil {
-			p.put(ss, nil)
+		if g := <-ch; g.ss != nil {
+			p.put(g.ss, nil)
 		} else {
-			p.freeSlot()
+			p.freeSlot(g.lease)
 		}
 	}
 	return nil, p.waitFailed(ctx)
@@ -133,22 +156,52 @@ func (p *pool) waitFailed(ctx context.Context) error {
 		fmt.Errorf("wait for one of %d connections: %w", p.maxConns, contextError(ctx)))
 }
 
-// dial opens a session in a slot already counted, and frees the slot if
-// that fails.
-func (p *pool) dial(ctx context.Context) (*session, error) {
+// dial opens a session in a slot already counted, with the slot's lease
+// from the limiter, taking one first if lease is nil and there is a
+// limiter, and frees the slot if that fails.
+func (p *pool) dial(ctx context.Context, lease func()) (*session, error) {
+	if lease == nil && p.limiter != nil {
+		var err error
+		if lease, err = p.limiter.AcquireConn(ctx); err != nil {
+			return p.noLease(ctx, err)
+		}
+	}
 	ss, err := p.s.open(ctx)
 	if err != nil {
-		p.freeSlot()
+		p.freeSlot(lease)
 		return nil, err
 	}
+	ss.lease = lease
 	return ss, nil
 }
 
+// noLease handles the limiter's refusal of a lease for a counted slot,
+// which it frees: when every slot of the mailbox is taken elsewhere, the
+// Send waits for one of the Sender's own connections if there is one;
+// otherwise it fails with err.
+func (p *pool) noLease(ctx context.Context, err error) (*session, error) {
+	p.mu.Lock()
+	p.open--
+	if errors.Is(err, ErrConnLimit) && p.open > 0 && !p.closed {
+		return p.waitLocked(ctx)
+	}
+	if p.open == 0 && len(p.waiters) > 0 {
+		// No connection is left to serve the waiting Sends: each tries
+		// the limiter in turn.
+		p.open++
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		ch <- grant{}
+	}
+	p.mu.Unlock()
+	return nil, p.s.fail(ctx, StageConnect, err)
+}
+
 // replace closes ss, which the server closed while it was idle, and dials
-// a new session in its slot.
+// a new session in its slot, with its lease.
 func (p *pool) replace(ctx context.Context, ss *session) (*session, error) {
 	ss.close()
-	return p.dial(ctx)
+	return p.dial(ctx, ss.lease)
 }
 
 // put gives back the session a message was delivered on, err being the
@@ -156,7 +209,7 @@ func (p *pool) replace(ctx context.Context, ss *session) (*session, error) {
 func (p *pool) put(ss *session, err error) {
 	if ss.broken || !reusable(err) {
 		ss.close()
-		p.freeSlot()
+		p.freeSlot(ss.lease)
 		return
 	}
 	p.mu.Lock()
@@ -168,7 +221,7 @@ func (p *pool) put(ss *session, err error) {
 		p.mu.Unlock()
 		p.logClose(ss, "sender closed")
 		ss.quit()
-		p.freeSlot()
+		p.freeSlot(ss.lease)
 		return
 	case p.disabled:
 		reason = "pooling disabled"
@@ -177,7 +230,7 @@ func (p *pool) put(ss *session, err error) {
 	case len(p.waiters) > 0:
 		ch := p.waiters[0]
 		p.waiters = p.waiters[1:]
-		ch <- ss
+		ch <- grant{ss: ss}
 	case len(p.idle) >= p.maxIdle:
 		reason = "max idle connections"
 	default:
@@ -283,7 +336,7 @@ func (p *pool) retireLocked(ss *session, reason string) {
 		if p.closing == 0 {
 			p.drained.Broadcast()
 		}
-		p.freeSlotLocked()
+		p.freeSlotLocked(ss.lease)
 		p.mu.Unlock()
 	}()
 }
@@ -293,22 +346,26 @@ func (p *pool) logClose(ss *session, reason string) {
 		append(p.s.attrs(), slog.String("reason", reason), slog.Int("messages", ss.uses))...)
 }
 
-func (p *pool) freeSlot() {
+func (p *pool) freeSlot(lease func()) {
 	p.mu.Lock()
-	p.freeSlotLocked()
+	p.freeSlotLocked(lease)
 	p.mu.Unlock()
 }
 
-// freeSlotLocked frees the slot of a closed connection, or passes it to
-// the first waiting Send, which dials into it.
-func (p *pool) freeSlotLocked() {
+// freeSlotLocked frees the slot of a closed connection and gives its lease
+// back (in the background), or passes both to the first waiting Send,
+// which dials into the slot.
+func (p *pool) freeSlotLocked(lease func()) {
 	if len(p.waiters) > 0 {
 		ch := p.waiters[0]
 		p.waiters = p.waiters[1:]
-		ch <- nil
+		ch <- grant{lease: lease}
 		return
 	}
 	p.open--
+	if lease != nil {
+		p.releasing.Go(lease)
+	}
 }
 
 // close closes the idle sessions, each with a QUIT, waits for every
@@ -325,4 +382,5 @@ func (p *pool) close() {
 	for p.closing > 0 {
 		p.drained.Wait()
 	}
+	p.releasing.Wait()
 }

@@ -132,6 +132,13 @@ type Config struct {
 	// concurrent sessions per mailbox; this limit is per Sender, that is
 	// per process. Default 0: unlimited.
 	MaxConns int
+	// ConnLimiter, if set, bounds the connections to the mailbox across
+	// every Sender that shares it, in this process and others: each
+	// connection holds one of its slots from before the dial until it is
+	// closed. A Send that gets no slot waits for one of this Sender's own
+	// connections if it has any, and otherwise fails with an error
+	// wrapping ErrConnLimit. Default nil: no limit beyond MaxConns.
+	ConnLimiter ConnLimiter
 	// MaxIdleConns is how many authenticated connections are kept open
 	// between messages, for the next Send to reuse without a new login.
 	// When more Sends run at once, the surplus connections are closed after

@@ -43,7 +43,7 @@ type HandlerConfig struct {
 	// AccountLimits). Default nil: no limits.
 	LimitsFunc func(accountID string) AccountLimits
 	// SessionRecheck is how long, on average, a task waits when its
-	// account has every session in use (AccountLimits.MaxSessions) before
+	// account has every SMTP session open elsewhere (smtpoauth.ErrConnLimit) before
 	// it looks again; the wait is jittered by ±50%. Default
 	// DefaultSessionRecheck.
 	SessionRecheck time.Duration
@@ -196,17 +196,19 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassPermanentMessage, "build message: "+err.Error())
 	}
 
-	// The account's limits: a session slot for the send, and room in its
-	// rates. The slot goes back as soon as the send is over, on every path.
-	release, err := h.admit(ctx, a, len(pending))
+	// The account's rates, then the send, whose Sender bounds the
+	// account's SMTP sessions across workers.
+	refund, err := h.admit(ctx, a, len(pending))
 	if err != nil {
 		return err
 	}
-	defer release()
 	res, sendErr := sender.Send(ctx, &smtpoauth.Message{From: from, To: pending, Data: data})
-	release()
 	if sendErr == nil {
 		return h.delivered(ctx, a, st, d, res)
+	}
+	if errors.Is(sendErr, smtpoauth.ErrConnLimit) {
+		refund()
+		return h.sessionsBusy(a, sendErr)
 	}
 	return h.failed(ctx, a, d, res, sendErr)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/sendq/sendq/ledger"
@@ -13,7 +12,7 @@ import (
 )
 
 // DefaultSessionRecheck is how long, on average, a task whose account has
-// every SMTP session in use waits before it looks again (see
+// every SMTP session open elsewhere waits before it looks again (see
 // HandlerConfig.SessionRecheck).
 const DefaultSessionRecheck = time.Second
 
@@ -25,25 +24,26 @@ const (
 	RateRecipientsPerDay  = "recipients_per_day"
 )
 
-// AccountLimits are one account's sending limits, enforced by every Handler
+// AccountLimits are one account's sending rates, enforced by every Handler
 // sharing the same ledger, across processes and machines (accounts.Limits
 // from the accounts file; the worker passes them). A zero field means no
 // limit. Minutes and days are sliding windows (any 60 seconds, any 24 hours).
+// The account's limit of concurrent SMTP sessions is the Sender's
+// (smtpoauth.Config.ConnLimiter, which the accounts registry sets from the
+// same file).
 //
-// Before each submission the handler takes one of the account's MaxSessions
-// session slots (a lease in Redis, renewed during long sends, released right
-// after the send, and freed by expiry if the worker dies), then counts the
-// message and its envelope recipients against the rates. When a slot or a
-// rate has no room, the task is deferred (not a failed attempt) without
-// contacting the provider: until the rate's next opening, or for about
-// HandlerConfig.SessionRecheck when every session is in use. A message with
-// more recipients than RecipientsPerDay can never go and is dead-lettered.
+// Before each submission the handler counts the message and its envelope
+// recipients against the rates. When a rate has no room, the task is
+// deferred (not a failed attempt) without contacting the provider, until
+// the rate's next opening. When the Sender finds every SMTP session of the
+// account open elsewhere (smtpoauth.ErrConnLimit), the count is taken back
+// and the task deferred for about HandlerConfig.SessionRecheck. A message
+// with more recipients than RecipientsPerDay can never go and is
+// dead-lettered.
 //
-// Counting is conservative: a submission that fails still counts.
+// Counting is conservative: a submission that fails at the server still
+// counts.
 type AccountLimits struct {
-	// MaxSessions is how many messages the account may be submitting at
-	// once, across all workers.
-	MaxSessions int
 	// MessagesPerMinute is how many submissions the account may make in
 	// any minute.
 	MessagesPerMinute int
@@ -74,92 +74,50 @@ func (l AccountLimits) uses(rcpts int) []ledger.Use {
 // tasks waiting for the same opening do not all come back at once.
 const rateJitter = time.Second
 
-// releaseTimeout bounds the Redis calls that renew and release a session
-// lease, which run even after the task's context ended.
-const releaseTimeout = 5 * time.Second
+// refundTimeout bounds the Redis call that takes back the count of a
+// submission that could not start.
+const refundTimeout = 5 * time.Second
 
-// admit applies the account's limits to one submission to rcpts recipients.
-// It returns a release function to call when the submission is over (it is
-// idempotent), or the error ProcessTask returns: a deferral, a dead letter
-// or a Redis failure.
-func (h *Handler) admit(ctx context.Context, a *attempt, rcpts int) (release func(), err error) {
+// admit counts one submission to rcpts recipients against the account's
+// rates. It returns a function that takes the count back (for a submission
+// that never reached the server), or the error ProcessTask returns: a
+// deferral, a dead letter or a Redis failure.
+func (h *Handler) admit(ctx context.Context, a *attempt, rcpts int) (refund func(), err error) {
 	noop := func() {}
 	if h.cfg.LimitsFunc == nil {
 		return noop, nil
 	}
 	acct := a.payload.AccountID
 	lim := h.cfg.LimitsFunc(acct)
-	now := h.cfg.NowFunc()
-
-	release = noop
-	if lim.MaxSessions > 0 {
-		lease, err := h.cfg.Ledger.AcquireSession(ctx, acct, lim.MaxSessions)
-		if errors.Is(err, ledger.ErrSessionsFull) {
-			until := now.Add(h.sessionRecheck/2 + rand.N(h.sessionRecheck))
-			a.log.Debug("deferred: every session of the account is in use", "max_sessions", lim.MaxSessions, "until", until)
-			return nil, &deferError{until: until, reason: fmt.Sprintf("account %s has all %d sessions in use (max_sessions)", acct, lim.MaxSessions)}
-		}
-		if err != nil {
-			return nil, err
-		}
-		release = h.holdSession(ctx, a, lease)
-	}
-
 	uses := lim.uses(rcpts)
 	if len(uses) == 0 {
-		return release, nil
+		return noop, nil
 	}
 	allowance, err := h.cfg.Ledger.Allow(ctx, acct, uses...)
 	switch {
 	case errors.Is(err, ledger.ErrExceedsLimit):
-		release()
 		return nil, h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassPermanentMessage,
 			fmt.Sprintf("%d recipients exceed the %d recipients_per_day of account %s", rcpts, lim.RecipientsPerDay, acct))
 	case err != nil:
-		release()
 		return nil, err
 	case !allowance.Allowed:
-		release()
-		until := now.Add(allowance.RetryAfter + rand.N(rateJitter))
+		until := h.cfg.NowFunc().Add(allowance.RetryAfter + rand.N(rateJitter))
 		a.log.Debug("deferred: account limit reached", "limit", allowance.Refused.Name, "until", until)
 		return nil, &deferError{until: until, reason: fmt.Sprintf("account %s reached its %s of %d", acct, allowance.Refused.Name, allowance.Refused.Limit)}
 	}
-	return release, nil
+	return func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refundTimeout)
+		defer cancel()
+		if err := h.cfg.Ledger.Refund(rctx, acct, allowance, uses...); err != nil {
+			a.log.Warn("could not take back the count of a submission that did not start", "error", err)
+		}
+	}, nil
 }
 
-// holdSession renews lease in the background until the returned release
-// function is called, which then gives the slot back. A renewal or release
-// that fails is logged: the lease ends by itself at its expiry.
-func (h *Handler) holdSession(ctx context.Context, a *attempt, lease *ledger.Lease) (release func()) {
-	bg := context.WithoutCancel(ctx)
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(max(lease.Duration()/3, time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				rctx, cancel := context.WithTimeout(bg, releaseTimeout)
-				if err := lease.Renew(rctx); err != nil {
-					a.log.Warn("could not renew the session lease; the account may exceed max_sessions", "error", err)
-				}
-				cancel()
-			}
-		}
-	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			close(stop)
-			<-done
-			rctx, cancel := context.WithTimeout(bg, releaseTimeout)
-			defer cancel()
-			if err := lease.Release(rctx); err != nil {
-				a.log.Warn("could not release the session lease; it ends by itself", "error", err, "expiry", lease.Expiry())
-			}
-		})
-	}
+// sessionsBusy is the deferral of a task whose Sender found every SMTP
+// session of the account open elsewhere.
+func (h *Handler) sessionsBusy(a *attempt, err error) error {
+	until := h.cfg.NowFunc().Add(h.sessionRecheck/2 + rand.N(h.sessionRecheck))
+	a.log.Debug("deferred: every SMTP session of the account is open elsewhere", "until", until)
+	return &deferError{until: until, reason: err.Error()}
 }

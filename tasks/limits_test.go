@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -119,51 +118,23 @@ func (b *limitsBundle) tasksIn(t *testing.T, state asynq.TaskState) []*asynq.Tas
 }
 
 // sessionProvider plays an account's SMTP server for limits tests: it
-// counts the submissions in progress at once, across every process that
-// sends through it.
-//
-// With hold set (to the number of submissions expected), each submission
-// holds its session until the handler has turned away another task for want
-// of a session since it began (see refusalLog): so the limit is reached and
-// tested every time. It lets go at once when more than hold's limit are in
-// progress (the limit is broken: the test reports it), and when every
-// expected submission has begun (nobody is left to turn away).
+// counts the submissions, and answers the next ones with fails when set.
 type sessionProvider struct {
-	hold, limit int
-
-	mu       sync.Mutex
-	cond     *sync.Cond
-	inFlight int
-	maxSeen  int
-	sends    int
-	refusals int                               // tasks turned away for want of a session
-	failNext func() (*smtpoauth.Result, error) // answers the next send
+	mu    sync.Mutex
+	sends int
+	fails []func() (*smtpoauth.Result, error) // answer the next sends, in turn
 }
 
-func newSessionProvider(hold, limit int) *sessionProvider {
-	p := &sessionProvider{hold: hold, limit: limit}
-	p.cond = sync.NewCond(&p.mu)
-	return p
-}
+func newSessionProvider() *sessionProvider { return &sessionProvider{} }
 
 func (p *sessionProvider) Send(ctx context.Context, m *smtpoauth.Message) (*smtpoauth.Result, error) {
 	p.mu.Lock()
-	p.inFlight++
-	p.sends++
-	p.maxSeen = max(p.maxSeen, p.inFlight)
-	p.cond.Broadcast()
-	stop := context.AfterFunc(ctx, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		p.cond.Broadcast()
-	})
-	for seen := p.refusals; p.hold > 0 && p.refusals == seen && p.sends < p.hold && p.inFlight <= p.limit && ctx.Err() == nil; {
-		p.cond.Wait()
+	var fail func() (*smtpoauth.Result, error)
+	if len(p.fails) > 0 {
+		fail, p.fails = p.fails[0], p.fails[1:]
+	} else {
+		p.sends++
 	}
-	stop()
-	fail := p.failNext
-	p.failNext = nil
-	p.inFlight--
 	p.mu.Unlock()
 	if fail != nil {
 		return fail()
@@ -171,34 +142,11 @@ func (p *sessionProvider) Send(ctx context.Context, m *smtpoauth.Message) (*smtp
 	return acceptAll(m, nil), nil
 }
 
-// refused counts a task turned away for want of a session.
-func (p *sessionProvider) refused() {
+// stats returns how many submissions the provider accepted.
+func (p *sessionProvider) stats() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.refusals++
-	p.cond.Broadcast()
-}
-
-// refusalLog is a slog.Handler that tells p when a handler logs that it
-// turned a task away because every session of its account was in use.
-type refusalLog struct{ p *sessionProvider }
-
-func (refusalLog) Enabled(context.Context, slog.Level) bool { return true }
-
-func (l refusalLog) Handle(_ context.Context, r slog.Record) error {
-	if strings.HasPrefix(r.Message, "deferred: every session") {
-		l.p.refused()
-	}
-	return nil
-}
-
-func (l refusalLog) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l refusalLog) WithGroup(string) slog.Handler      { return l }
-
-func (p *sessionProvider) stats() (sends, maxSeen int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.sends, p.maxSeen
+	return p.sends
 }
 
 func TestHandlerLimits(t *testing.T) {
@@ -207,7 +155,7 @@ func TestHandlerLimits(t *testing.T) {
 	t.Run("AnAccountOverItsPerMinuteLimitIsDeferredWithoutARetry", func(t *testing.T) {
 		t.Parallel()
 		b := setupLimits(t)
-		provider := newSessionProvider(0, 0)
+		provider := newSessionProvider()
 		b.startProcess(t, provider, 2, tasks.HandlerConfig{
 			LimitsFunc: func(string) tasks.AccountLimits { return tasks.AccountLimits{MessagesPerMinute: 2} },
 		})
@@ -228,7 +176,7 @@ func TestHandlerLimits(t *testing.T) {
 				t.Errorf("deferred task %s comes back in %s, want about a minute", info.ID, wait)
 			}
 		}
-		if sends, _ := provider.stats(); sends != 2 {
+		if sends := provider.stats(); sends != 2 {
 			t.Errorf("the provider saw %d submissions, want 2", sends)
 		}
 		used, err := b.store.Used(context.Background(), "support",
@@ -238,79 +186,41 @@ func TestHandlerLimits(t *testing.T) {
 		}
 	})
 
-	t.Run("SessionsNeverExceedMaxSessionsAcrossProcesses", func(t *testing.T) {
+	t.Run("NoFreeSessionDefersWithoutARetryAndTakesBackTheCount", func(t *testing.T) {
 		t.Parallel()
 		b := setupLimits(t)
-		const n, limit = 12, 2
-		provider := newSessionProvider(n, limit)
-		cfg := tasks.HandlerConfig{
-			LimitsFunc:     func(string) tasks.AccountLimits { return tasks.AccountLimits{MaxSessions: limit} },
+		provider := newSessionProvider()
+		full := func() (*smtpoauth.Result, error) {
+			return nil, &smtpoauth.SendError{Stage: smtpoauth.StageConnect,
+				Err: fmt.Errorf("%w: account support has all 3 sessions (max_sessions) open", smtpoauth.ErrConnLimit)}
+		}
+		provider.fails = append(provider.fails, full, full)
+		b.startProcess(t, provider, 1, tasks.HandlerConfig{
+			LimitsFunc:     func(string) tasks.AccountLimits { return tasks.AccountLimits{MessagesPerMinute: 1} },
 			SessionRecheck: 20 * time.Millisecond,
-			Logger:         slog.New(refusalLog{provider}),
-		}
-		b.startProcess(t, provider, 4, cfg) // two processes, eight workers,
-		b.startProcess(t, provider, 4, cfg) // one provider
-		b.enqueue(t, n, "alice@example.org")
-
-		waitFor(t, fmt.Sprintf("%d completed", n), func() bool {
-			return len(b.tasksIn(t, asynq.TaskStateCompleted)) == n
 		})
-		sends, maxSeen := provider.stats()
-		if sends != n {
-			t.Errorf("the provider saw %d submissions, want %d", sends, n)
+		b.enqueue(t, 1, "alice@example.org")
+
+		// With one message a minute, the third try goes only if the two
+		// that found no session gave their count back.
+		waitFor(t, "the task completed", func() bool { return len(b.tasksIn(t, asynq.TaskStateCompleted)) == 1 })
+		if info := b.tasksIn(t, asynq.TaskStateCompleted)[0]; info.Retried != 0 {
+			t.Errorf("Retried = %d, want 0: waiting for a session is not a failure", info.Retried)
 		}
-		if maxSeen != limit {
-			t.Errorf("at most %d submissions at once, want %d (max_sessions)", maxSeen, limit)
+		if sends := provider.stats(); sends != 1 {
+			t.Errorf("the provider accepted %d submissions, want 1", sends)
 		}
-		for _, info := range b.tasksIn(t, asynq.TaskStateCompleted) {
-			if info.Retried != 0 {
-				t.Errorf("task %s: Retried = %d, want 0", info.ID, info.Retried)
-			}
-		}
-		if held, err := b.store.Sessions(context.Background(), "support"); err != nil || held != 0 {
-			t.Errorf("Sessions = %d, %v after every send; want 0", held, err)
+		used, err := b.store.Used(context.Background(), "support",
+			ledger.Rate{Name: tasks.RateMessagesPerMinute, Limit: 1, Window: time.Minute})
+		if err != nil || used != 1 {
+			t.Errorf("Used = %d, %v; want 1", used, err)
 		}
 	})
-
-	for _, tc := range []struct {
-		name string
-		fail func() (*smtpoauth.Result, error)
-	}{
-		{"TheSlotIsReleasedWhenTheSendFails", func() (*smtpoauth.Result, error) {
-			return nil, &smtpoauth.SendError{Stage: smtpoauth.StageConnect, Err: errors.New("connection refused")}
-		}},
-		{"TheSlotIsReleasedWhenTheSenderPanics", func() (*smtpoauth.Result, error) { panic("sender bug") }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			b := setupLimits(t)
-			provider := newSessionProvider(0, 0)
-			provider.failNext = tc.fail
-			b.startProcess(t, provider, 1, tasks.HandlerConfig{
-				LimitsFunc: func(string) tasks.AccountLimits { return tasks.AccountLimits{MaxSessions: 1} },
-				Retry:      tasks.RetryPolicy{Base: time.Millisecond, Cap: time.Millisecond},
-			})
-			b.enqueue(t, 1, "alice@example.org")
-
-			// With one session, the retry goes only if the failed attempt
-			// gave its slot back (a leaked one would last 30 s).
-			waitFor(t, "the retry completed", func() bool {
-				return len(b.tasksIn(t, asynq.TaskStateCompleted)) == 1
-			})
-			info := b.tasksIn(t, asynq.TaskStateCompleted)[0]
-			if info.Retried != 1 {
-				t.Errorf("Retried = %d, want 1 (the failure)", info.Retried)
-			}
-			if held, err := b.store.Sessions(context.Background(), "support"); err != nil || held != 0 {
-				t.Errorf("Sessions = %d, %v; want 0", held, err)
-			}
-		})
-	}
 
 	t.Run("RecipientsPerDayCountsRecipients", func(t *testing.T) {
 		t.Parallel()
 		b := setupLimits(t)
-		provider := newSessionProvider(0, 0)
+		provider := newSessionProvider()
 		b.startProcess(t, provider, 1, tasks.HandlerConfig{
 			LimitsFunc: func(string) tasks.AccountLimits { return tasks.AccountLimits{RecipientsPerDay: 5} },
 		})
@@ -330,10 +240,10 @@ func TestHandlerLimits(t *testing.T) {
 	t.Run("AMessageOverTheDailyRecipientsIsDeadLettered", func(t *testing.T) {
 		t.Parallel()
 		b := setupLimits(t)
-		provider := newSessionProvider(0, 0)
+		provider := newSessionProvider()
 		b.startProcess(t, provider, 1, tasks.HandlerConfig{
 			LimitsFunc: func(string) tasks.AccountLimits {
-				return tasks.AccountLimits{MaxSessions: 1, RecipientsPerDay: 2}
+				return tasks.AccountLimits{RecipientsPerDay: 2}
 			},
 		})
 		b.enqueue(t, 1, "a@example.org", "b@example.org", "c@example.org")
@@ -342,18 +252,15 @@ func TestHandlerLimits(t *testing.T) {
 		if !strings.Contains(info.LastErr, "3 recipients exceed the 2 recipients_per_day of account support") {
 			t.Errorf("LastErr = %q", info.LastErr)
 		}
-		if sends, _ := provider.stats(); sends != 0 {
+		if sends := provider.stats(); sends != 0 {
 			t.Errorf("the provider saw %d submissions, want 0", sends)
-		}
-		if held, err := b.store.Sessions(context.Background(), "support"); err != nil || held != 0 {
-			t.Errorf("Sessions = %d, %v; want 0", held, err)
 		}
 	})
 
 	t.Run("NoLimitsFuncNoLimits", func(t *testing.T) {
 		t.Parallel()
 		b := setupLimits(t)
-		provider := newSessionProvider(0, 0)
+		provider := newSessionProvider()
 		b.startProcess(t, provider, 4, tasks.HandlerConfig{})
 		b.enqueue(t, 5, "alice@example.org")
 		waitFor(t, "5 completed", func() bool { return len(b.tasksIn(t, asynq.TaskStateCompleted)) == 5 })

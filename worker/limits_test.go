@@ -28,7 +28,7 @@ func TestAccountLimitsComeFromTheAccountsFile(t *testing.T) {
 		account string
 		want    tasks.AccountLimits
 	}{
-		{"billing", tasks.AccountLimits{MaxSessions: 2, MessagesPerMinute: 30, MessagesPerDay: 500, RecipientsPerDay: 10000}},
+		{"billing", tasks.AccountLimits{MessagesPerMinute: 30, MessagesPerDay: 500, RecipientsPerDay: 10000}},
 		{"relay", tasks.AccountLimits{}},
 		{"unknown", tasks.AccountLimits{}},
 	} {

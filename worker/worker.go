@@ -154,6 +154,7 @@ func New(cfg Config) (*Worker, error) {
 	// Token sources live as long as the process, not as long as a task.
 	ropts := cfg.TokenSharing
 	ropts.Tokens = store
+	ropts.Sessions = store
 	registry, err := accounts.NewRegistry(context.Background(), cfg.Accounts, cfg.Logger, ropts)
 	if err != nil {
 		rdb.Close()
@@ -198,7 +199,6 @@ func accountLimits(f *accounts.File, id string) tasks.AccountLimits {
 		return tasks.AccountLimits{}
 	}
 	return tasks.AccountLimits{
-		MaxSessions:       a.Limits.MaxSessions,
 		MessagesPerMinute: a.Limits.MessagesPerMinute,
 		MessagesPerDay:    a.Limits.MessagesPerDay,
 		RecipientsPerDay:  a.Limits.RecipientsPerDay,
