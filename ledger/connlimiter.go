@@ -38,7 +38,7 @@ type connLimiter struct {
 	log     *slog.Logger
 }
 
-func (c *connLimiter) AcquireConn(ctx context.Context) (func(), error) {
+func (c *connLimiter) AcquireConn(ctx context.Context) (*smtpoauth.ConnSlot, error) {
 	lease, err := c.s.AcquireSession(ctx, c.account, c.limit)
 	if errors.Is(err, ErrSessionsFull) {
 		return nil, fmt.Errorf("%w: account %s has all %d sessions (max_sessions) open: %w",
@@ -50,11 +50,12 @@ func (c *connLimiter) AcquireConn(ctx context.Context) (func(), error) {
 	return c.hold(lease), nil
 }
 
-// hold renews lease in the background until the returned release function
-// is called, which then gives the slot back. A renewal or release that
-// fails is logged: the lease ends by itself at its expiry.
-func (c *connLimiter) hold(lease *Lease) (release func()) {
-	stop, done := make(chan struct{}), make(chan struct{})
+// hold renews lease in the background until the slot's Release is called,
+// which then gives it back. A renewal or release that fails is logged: the
+// lease ends by itself at its expiry. A renewal that finds the slot taken
+// by another holder closes the slot's Lost channel and stops.
+func (c *connLimiter) hold(lease *Lease) *smtpoauth.ConnSlot {
+	stop, done, lost := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		t := time.NewTicker(max(lease.Duration()/3, time.Millisecond))
@@ -65,16 +66,23 @@ func (c *connLimiter) hold(lease *Lease) (release func()) {
 				return
 			case <-t.C:
 				ctx, cancel := context.WithTimeout(context.Background(), leaseCallTimeout)
-				if err := lease.Renew(ctx); err != nil {
+				err := lease.Renew(ctx)
+				cancel()
+				if errors.Is(err, ErrLeaseLost) {
+					c.log.Warn("an SMTP session lease ran out and its slot was taken; closing the connection",
+						"account", c.account)
+					close(lost)
+					return
+				}
+				if err != nil {
 					c.log.Warn("could not renew an SMTP session lease; the account may exceed max_sessions",
 						"account", c.account, "error", err)
 				}
-				cancel()
 			}
 		}
 	}()
 	var once sync.Once
-	return func() {
+	release := func() {
 		once.Do(func() {
 			close(stop)
 			<-done
@@ -86,4 +94,5 @@ func (c *connLimiter) hold(lease *Lease) (release func()) {
 			}
 		})
 	}
+	return &smtpoauth.ConnSlot{Release: release, Lost: lost}
 }

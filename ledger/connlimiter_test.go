@@ -30,8 +30,8 @@ func TestConnLimiter(t *testing.T) {
 		if !errors.Is(err, smtpoauth.ErrConnLimit) || !errors.Is(err, ErrSessionsFull) {
 			t.Fatalf("third AcquireConn = %v, want ErrConnLimit and ErrSessionsFull", err)
 		}
-		r1()
-		r1() // twice is harmless
+		r1.Release()
+		r1.Release() // twice is harmless
 		if n, _ := tb.store.Sessions(ctx, "acct"); n != 1 {
 			t.Errorf("Sessions = %d after one release, want 1", n)
 		}
@@ -39,8 +39,8 @@ func TestConnLimiter(t *testing.T) {
 		if err != nil {
 			t.Fatalf("AcquireConn after a release: %v", err)
 		}
-		r2()
-		r3()
+		r2.Release()
+		r3.Release()
 		if n, _ := tb.store.Sessions(ctx, "acct"); n != 0 {
 			t.Errorf("Sessions = %d after every release, want 0", n)
 		}
@@ -54,7 +54,7 @@ func TestConnLimiter(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer release()
+		defer release.Release()
 		// Wait out three leases: the renewals keep the slot.
 		deadline := time.Now().Add(450 * time.Millisecond)
 		for time.Now().Before(deadline) {
@@ -62,6 +62,27 @@ func TestConnLimiter(t *testing.T) {
 				t.Fatalf("AcquireConn while the slot is held and renewed = %v, want ErrConnLimit", err)
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+	})
+
+	t.Run("ASlotTakenAfterItsLeaseRanOutIsLost", func(t *testing.T) {
+		t.Parallel()
+		tb := setup(t, Options{SessionLease: 90 * time.Millisecond})
+		slot, err := tb.store.ConnLimiter("acct", 1, nil).AcquireConn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slot.Release()
+		// The holder is paused past its lease (the store's clock jumps),
+		// and another takes the slot.
+		tb.clock.Advance(time.Second)
+		if _, err := tb.store.AcquireSession(ctx, "acct", 1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-slot.Lost:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the slot's next renewal did not report it lost")
 		}
 	})
 
@@ -81,7 +102,7 @@ func TestConnLimiter(t *testing.T) {
 		if err != nil {
 			t.Fatalf("AcquireConn after the dead holder's lease: %v", err)
 		}
-		release()
+		release.Release()
 	})
 }
 

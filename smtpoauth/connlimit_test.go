@@ -13,22 +13,23 @@ import (
 // slotLimiter is an in-memory smtpoauth.ConnLimiter of limit slots, shared
 // by the Senders of a test as Redis shares the ledger's among processes.
 type slotLimiter struct {
-	mu        sync.Mutex
-	limit     int
-	held      int
-	peak      int
-	refusals  int
-	acquired  int
-	released  int
-	failOnce  error // returned by the next AcquireConn instead of a slot
-	afterFree chan struct{}
+	mu       sync.Mutex
+	limit    int
+	held     int
+	peak     int
+	refusals int
+	acquired int
+	released int
+	failOnce error           // returned by the next AcquireConn instead of a slot
+	refused  chan struct{}   // a slot was refused
+	slots    []chan struct{} // the Lost channels handed out
 }
 
 func newSlotLimiter(limit int) *slotLimiter {
-	return &slotLimiter{limit: limit, afterFree: make(chan struct{}, 100)}
+	return &slotLimiter{limit: limit, refused: make(chan struct{}, 100)}
 }
 
-func (l *slotLimiter) AcquireConn(context.Context) (func(), error) {
+func (l *slotLimiter) AcquireConn(context.Context) (*smtpoauth.ConnSlot, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.failOnce; err != nil {
@@ -37,21 +38,37 @@ func (l *slotLimiter) AcquireConn(context.Context) (func(), error) {
 	}
 	if l.held >= l.limit {
 		l.refusals++
+		select {
+		case l.refused <- struct{}{}:
+		default:
+		}
 		return nil, fmt.Errorf("%w (limit %d)", smtpoauth.ErrConnLimit, l.limit)
 	}
 	l.held++
 	l.acquired++
 	l.peak = max(l.peak, l.held)
 	var once sync.Once
-	return func() {
+	lost := make(chan struct{})
+	l.slots = append(l.slots, lost)
+	return &smtpoauth.ConnSlot{Release: func() {
 		once.Do(func() {
 			l.mu.Lock()
 			l.held--
 			l.released++
 			l.mu.Unlock()
-			l.afterFree <- struct{}{}
 		})
-	}, nil
+	}, Lost: lost}, nil
+}
+
+// takeAll marks every slot handed out so far lost, as a limiter whose
+// leases ran out and were taken by others does, and frees them.
+func (l *slotLimiter) takeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, lost := range l.slots {
+		close(lost)
+	}
+	l.slots = nil
 }
 
 func (l *slotLimiter) counts() (held, peak, acquired, refusals int) {
@@ -156,6 +173,59 @@ func TestSenderConnLimiter(t *testing.T) {
 		}
 		if peak := b.srv.Stats().PeakSessions["alice@example.com"]; peak != 1 {
 			t.Errorf("provider saw %d sessions at once, want 1", peak)
+		}
+	})
+
+	t.Run("AWaitingSendTakesASlotFreedElsewhere", func(t *testing.T) {
+		t.Parallel()
+		lim := newSlotLimiter(2)
+		other, err := lim.AcquireConn(t.Context()) // another worker's connection
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := setupPoolTest(t, func(cfg *smtpoauth.Config) { cfg.ConnLimiter = lim })
+		b.send(t, 0) // the Sender's one connection takes the other slot
+
+		b.srv.Freeze()
+		var wg sync.WaitGroup
+		for i := 1; i <= 2; i++ {
+			wg.Go(func() {
+				if _, err := b.s.Send(t.Context(), poolMessage(i)); err != nil {
+					t.Errorf("Send %d: %v", i, err)
+				}
+			})
+		}
+		// One Send parks on the idle connection; the other found no slot
+		// and waits for it, asking the limiter again now and then.
+		if err := b.srv.WaitParked(t.Context(), 1); err != nil {
+			t.Fatal(err)
+		}
+		waitSignal(t, lim.refused, "a Send refused a slot")
+		other.Release()
+		// The freed slot is taken up: a second connection is dialled (its
+		// greeting parks).
+		if err := b.srv.WaitParked(t.Context(), 2); err != nil {
+			t.Fatal(err)
+		}
+		b.srv.Thaw(false)
+		wg.Wait()
+		wantEachOnce(t, b.srv, 3)
+		b.wantLogins(t, 2, 3)
+		if _, peak, _, _ := lim.counts(); peak != 2 {
+			t.Errorf("limiter: peak %d, want 2", peak)
+		}
+	})
+
+	t.Run("AConnectionWhoseSlotWasLostIsNotReused", func(t *testing.T) {
+		t.Parallel()
+		lim := newSlotLimiter(1)
+		b := setupPoolTest(t, func(cfg *smtpoauth.Config) { cfg.ConnLimiter = lim })
+		b.send(t, 0)
+		lim.takeAll() // the idle connection's lease ran out and was taken
+		b.send(t, 1)
+		b.wantLogins(t, 2, 2)
+		if st := b.srv.Stats(); st.PeakSessions["alice@example.com"] != 1 {
+			t.Errorf("provider saw %d sessions at once, want 1: the lost slot's connection closes first", st.PeakSessions["alice@example.com"])
 		}
 	})
 }

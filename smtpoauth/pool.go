@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
@@ -61,6 +62,7 @@ type pool struct {
 	drained *sync.Cond // on mu; broadcast when closing drops to 0
 
 	releasing sync.WaitGroup // leases being given back to the limiter
+	returning int            // how many, guarded by mu
 }
 
 // grant is what a waiting Send receives: a session to reuse, or else (ss
@@ -68,7 +70,7 @@ type pool struct {
 // (nil when there is none, or no limiter).
 type grant struct {
 	ss    *session
-	lease func()
+	lease *ConnSlot
 }
 
 func newPool(s *Sender) *pool {
@@ -106,12 +108,19 @@ func (p *pool) get(ctx context.Context) (*session, error) {
 		p.mu.Unlock()
 		return p.dial(ctx, nil)
 	}
-	return p.waitLocked(ctx)
+	return p.waitLocked(ctx, false)
 }
 
+// limiterRecheck is how long, on average, a Send that waits for the
+// Sender's own connections because the limiter had no slot waits before it
+// asks the limiter again: a slot freed elsewhere (a worker that stopped,
+// or whose lease ran out) is taken up within about this long.
+const limiterRecheck = 500 * time.Millisecond
+
 // waitLocked waits, from a locked p.mu (which it unlocks), for a session to
-// reuse or a slot to dial into.
-func (p *pool) waitLocked(ctx context.Context) (*session, error) {
+// reuse or a slot to dial into. With recheck (the limiter had no slot),
+// it gives up waiting after about limiterRecheck and starts over.
+func (p *pool) waitLocked(ctx context.Context, recheck bool) (*session, error) {
 	ch := make(chan grant, 1)
 	p.waiters = append(p.waiters, ch)
 	hook := p.waiting
@@ -120,17 +129,17 @@ func (p *pool) waitLocked(ctx context.Context) (*session, error) {
 		hook()
 	}
 
+	var again <-chan time.Time
+	if recheck {
+		t := time.NewTimer(limiterRecheck/2 + rand.N(limiterRecheck))
+		defer t.Stop()
+		again = t.C
+	}
 	select {
 	case g := <-ch:
-		switch {
-		case g.ss == nil:
-			return p.dial(ctx, g.lease)
-		case contextError(ctx) == nil:
-			return g.ss, nil
-		}
-		p.put(g.ss, nil) // not to be closed by the ended ctx: pass it on
-		return nil, p.waitFailed(ctx)
+		return p.granted(ctx, g)
 	case <-ctx.Done():
+	case <-again:
 	}
 	p.mu.Lock()
 	i := slices.Index(p.waiters, ch)
@@ -139,12 +148,27 @@ func (p *pool) waitLocked(ctx context.Context) (*session, error) {
 	}
 	p.mu.Unlock()
 	if i < 0 {
-		// Served while giving up: pass it on.
-		if g := <-ch; g.ss != nil {
-			p.put(g.ss, nil)
-		} else {
-			p.freeSlot(g.lease)
-		}
+		// Served while giving up.
+		return p.granted(ctx, <-ch)
+	}
+	if contextError(ctx) != nil {
+		return nil, p.waitFailed(ctx)
+	}
+	return p.get(ctx)
+}
+
+// granted takes what a waiting Send received: a session, or a slot to dial
+// into. If ctx has ended, it passes either on and fails.
+func (p *pool) granted(ctx context.Context, g grant) (*session, error) {
+	switch {
+	case contextError(ctx) == nil && g.ss == nil:
+		return p.dial(ctx, g.lease)
+	case contextError(ctx) == nil:
+		return g.ss, nil
+	case g.ss != nil:
+		p.put(g.ss, nil) // not to be closed by the ended ctx: pass it on
+	default:
+		p.freeSlot(g.lease)
 	}
 	return nil, p.waitFailed(ctx)
 }
@@ -159,7 +183,7 @@ func (p *pool) waitFailed(ctx context.Context) error {
 // dial opens a session in a slot already counted, with the slot's lease
 // from the limiter, taking one first if lease is nil and there is a
 // limiter, and frees the slot if that fails.
-func (p *pool) dial(ctx context.Context, lease func()) (*session, error) {
+func (p *pool) dial(ctx context.Context, lease *ConnSlot) (*session, error) {
 	if lease == nil && p.limiter != nil {
 		var err error
 		if lease, err = p.limiter.AcquireConn(ctx); err != nil {
@@ -177,13 +201,13 @@ func (p *pool) dial(ctx context.Context, lease func()) (*session, error) {
 
 // noLease handles the limiter's refusal of a lease for a counted slot,
 // which it frees: when every slot of the mailbox is taken elsewhere, the
-// Send waits for one of the Sender's own connections if there is one;
-// otherwise it fails with err.
+// Send waits for one of the Sender's own connections if there is one, or
+// for a slot it is giving back; otherwise it fails with err.
 func (p *pool) noLease(ctx context.Context, err error) (*session, error) {
 	p.mu.Lock()
 	p.open--
-	if errors.Is(err, ErrConnLimit) && p.open > 0 && !p.closed {
-		return p.waitLocked(ctx)
+	if errors.Is(err, ErrConnLimit) && (p.open > 0 || p.returning > 0) && !p.closed {
+		return p.waitLocked(ctx, true)
 	}
 	if p.open == 0 && len(p.waiters) > 0 {
 		// No connection is left to serve the waiting Sends: each tries
@@ -207,7 +231,7 @@ func (p *pool) replace(ctx context.Context, ss *session) (*session, error) {
 // put gives back the session a message was delivered on, err being the
 // outcome.
 func (p *pool) put(ss *session, err error) {
-	if ss.broken || !reusable(err) {
+	if ss.broken || !reusable(err) || ss.lease.lost() {
 		ss.close()
 		p.freeSlot(ss.lease)
 		return
@@ -280,10 +304,14 @@ func (p *pool) takeIdleLocked() *session {
 		ss := p.idle[len(p.idle)-1]
 		p.idle = p.idle[:len(p.idle)-1]
 		p.leaveIdleLocked(ss)
-		if now.Sub(ss.idleSince) < p.idleTimeout {
+		switch {
+		case ss.lease.lost():
+			p.retireLocked(ss, "connection slot lost")
+		case now.Sub(ss.idleSince) < p.idleTimeout:
 			return ss
+		default:
+			p.retireLocked(ss, "idle timeout")
 		}
-		p.retireLocked(ss, "idle timeout")
 	}
 	return nil
 }
@@ -346,7 +374,7 @@ func (p *pool) logClose(ss *session, reason string) {
 		append(p.s.attrs(), slog.String("reason", reason), slog.Int("messages", ss.uses))...)
 }
 
-func (p *pool) freeSlot(lease func()) {
+func (p *pool) freeSlot(lease *ConnSlot) {
 	p.mu.Lock()
 	p.freeSlotLocked(lease)
 	p.mu.Unlock()
@@ -355,7 +383,12 @@ func (p *pool) freeSlot(lease func()) {
 // freeSlotLocked frees the slot of a closed connection and gives its lease
 // back (in the background), or passes both to the first waiting Send,
 // which dials into the slot.
-func (p *pool) freeSlotLocked(lease func()) {
+func (p *pool) freeSlotLocked(lease *ConnSlot) {
+	if lease.lost() {
+		// Not to be passed on: the next connection takes a new one.
+		p.releaseLocked(lease)
+		lease = nil
+	}
 	if len(p.waiters) > 0 {
 		ch := p.waiters[0]
 		p.waiters = p.waiters[1:]
@@ -364,15 +397,25 @@ func (p *pool) freeSlotLocked(lease func()) {
 	}
 	p.open--
 	if lease != nil {
-		p.releasing.Go(lease)
+		p.releaseLocked(lease)
 	}
+}
+
+// releaseLocked gives lease back to the limiter in the background.
+func (p *pool) releaseLocked(lease *ConnSlot) {
+	p.returning++
+	p.releasing.Go(func() {
+		lease.Release()
+		p.mu.Lock()
+		p.returning--
+		p.mu.Unlock()
+	})
 }
 
 // close closes the idle sessions, each with a QUIT, waits for every
 // session being closed, and turns pooling off for good.
 func (p *pool) close() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.closed = true
 	for _, ss := range p.idle {
 		p.leaveIdleLocked(ss)
@@ -382,5 +425,6 @@ func (p *pool) close() {
 	for p.closing > 0 {
 		p.drained.Wait()
 	}
-	p.releasing.Wait()
+	p.mu.Unlock()
+	p.releasing.Wait() // its goroutines take mu when done
 }

@@ -39,11 +39,11 @@ type session struct {
 	br *bufio.Reader
 
 	// Owned by the Send using the session; while it is idle, by the pool.
-	uses   int    // messages (transactions) started on the connection
-	reused bool   // the current message is not the connection's first
-	dirty  bool   // a transaction has not ended with a 250 to the final ".": RSET before the next
-	broken bool   // the connection must not be reused
-	lease  func() // gives back its slot of Config.ConnLimiter; nil without one
+	uses   int       // messages (transactions) started on the connection
+	reused bool      // the current message is not the connection's first
+	dirty  bool      // a transaction has not ended with a 250 to the final ".": RSET before the next
+	broken bool      // the connection must not be reused
+	lease  *ConnSlot // its slot of Config.ConnLimiter; nil without one
 
 	// Guarded by the pool's mutex.
 	idleSince time.Time   // when it went idle, by the pool's clock

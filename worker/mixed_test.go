@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/mail"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -227,6 +228,9 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.b.String()
+	if os.Getenv("SENDQ_TEST_PROCESS_LOG") != "" {
+		return s
+	}
 	if len(s) > 4000 {
 		s = "…" + s[len(s)-4000:]
 	}
@@ -260,18 +264,23 @@ func waitAccount(t *testing.T, ctx context.Context, store *ledger.Store, id stri
 // receipt in the ledger: no worker is then between a 250 and its receipt.
 func waitReceipts(t *testing.T, ctx context.Context, store *ledger.Store, srv *smtpoauthtest.Server) {
 	t.Helper()
+	var missing string
 	ok := poll(ctx, func() bool {
 		for _, m := range srv.Messages() {
 			msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
 			if err != nil {
+				missing = err.Error()
 				return false
 			}
-			d, err := store.Delivery(context.Background(), msg.Header.Get("Message-Id"))
+			id := msg.Header.Get("Message-Id")
+			d, err := store.Delivery(context.Background(), id)
 			if err != nil {
+				missing = fmt.Sprintf("%s: %v", id, err)
 				return false
 			}
 			for _, r := range m.To {
 				if st, done := d.Status(r); !done || st.State != ledger.RecipientAccepted {
+					missing = fmt.Sprintf("%s to %s stored at %s", id, r, m.ReceivedAt.Format(time.StampMilli))
 					return false
 				}
 			}
@@ -279,7 +288,7 @@ func waitReceipts(t *testing.T, ctx context.Context, store *ledger.Store, srv *s
 		return true
 	})
 	if !ok {
-		t.Fatal("stored messages without a recorded delivery")
+		t.Fatalf("stored messages without a recorded delivery, such as %s", missing)
 	}
 }
 

@@ -43,6 +43,8 @@ type processConfig struct {
 	AuthBackoff  time.Duration     `json:"auth_backoff"`
 	GrantWindow  time.Duration     `json:"grant_window"`
 	RedisAddr    string            `json:"redis_addr"` // default: the shared test server, DB redisDB
+	SessionLease time.Duration     `json:"session_lease"`
+	TokenLockTTL time.Duration     `json:"token_lock_ttl"`
 }
 
 func TestMain(m *testing.M) {
@@ -77,10 +79,11 @@ func runProcess(raw string) int {
 		Concurrency: pc.Concurrency,
 		Retry:       tasks.RetryPolicy{Base: pc.RetryBase, Cap: pc.RetryCap, HeldRecheck: pc.HeldRecheck},
 		Ledger: ledger.Options{Prefix: pc.LedgerPrefix, AuthBackoff: pc.AuthBackoff,
-			MaxAuthBackoff: 4 * pc.AuthBackoff, InsecurePlaintextTokens: true},
+			MaxAuthBackoff: 4 * pc.AuthBackoff, InsecurePlaintextTokens: true, SessionLease: pc.SessionLease},
+		TokenSharing:          accounts.RegistryOptions{TokenLockTTL: pc.TokenLockTTL},
 		InvalidGrantWindow:    pc.GrantWindow,
 		DevInsecureTokenStore: true,
-		Logger:                slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:                slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: processLogLevel()})),
 		ShutdownTimeout:       5 * time.Second,
 		pollInterval:          50 * time.Millisecond,
 	})
@@ -132,6 +135,15 @@ func startProcess(t *testing.T, pc processConfig, logs io.Writer) *process {
 	return p
 }
 
+// signal sends sig to the process (SIGSTOP and SIGCONT pause and resume
+// it).
+func (p *process) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // kill ends the process with SIGKILL, as a crash would.
 func (p *process) kill(t *testing.T) {
 	t.Helper()
@@ -147,6 +159,13 @@ func (p *process) kill(t *testing.T) {
 // processes load. It returns the file and the environment holding its
 // secrets.
 func writeProcessAccounts(t *testing.T, srv *smtpoauthtest.Server, users ...string) (string, map[string]string) {
+	t.Helper()
+	return writeProcessAccountsWith(t, srv, nil, users...)
+}
+
+// writeProcessAccountsWith is writeProcessAccounts with extra YAML lines
+// (such as a limits block) for some users' accounts.
+func writeProcessAccountsWith(t *testing.T, srv *smtpoauthtest.Server, extra map[string]string, users ...string) (string, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
 	srv.AddClient("client", "secret")
@@ -165,10 +184,23 @@ func writeProcessAccounts(t *testing.T, srv *smtpoauthtest.Server, users ...stri
     smtp: {host: %[2]s, port: %[3]s, tls: starttls, ca_file: ca.pem}
     oauth: {grant: refresh_token, client_id: client, client_secret_env: CLIENT_SECRET, refresh_token_env: RT_%[4]s, token_url: %[5]s}
 `, u, host, port, strings.ToUpper(u), srv.TokenURL)
+		if x := extra[u]; x != "" {
+			fmt.Fprintf(&yaml, "    %s\n", x)
+		}
 	}
 	file := filepath.Join(dir, "accounts.yaml")
 	if err := os.WriteFile(file, []byte(yaml.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return file, env
+}
+
+// processLogLevel is the worker processes' log level: warnings, or what
+// SENDQ_TEST_PROCESS_LOG names (debug, info) when a run needs a closer look.
+func processLogLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("SENDQ_TEST_PROCESS_LOG"))); err != nil {
+		return slog.LevelWarn
+	}
+	return l
 }

@@ -14,6 +14,10 @@ import (
 //   - in DATA, once the final "." has been read, before the message is
 //     stored.
 //
+// A message stored before the Freeze gets its 250 all the same: the reply
+// to a stored message never parks, so a frozen server holds no message
+// whose client has not been told.
+//
 // TLS handshakes and the closing of connections do not park.
 
 // thawGate is one Freeze: sessions parked during it wait for released to

@@ -152,6 +152,18 @@ func TestMaxSessionsPerUser(t *testing.T) {
 		if st.PeakSessions[user] != sessions || st.LoginsByUser[user] != sessions || st.MessagesByUser[user] != sessions*perSession {
 			t.Errorf("stats: %+v", st)
 		}
+		if st.Sessions[user] != sessions {
+			t.Errorf("Sessions[%s] = %d open now, want %d", user, st.Sessions[user], sessions)
+		}
+		// Quit waits until the server has closed the connection.
+		for _, c := range clients[1:] {
+			if err := c.Quit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st := b.srv.Stats(); st.Sessions[user] != 1 || st.PeakSessions[user] != sessions {
+			t.Errorf("after 3 quit: Sessions %d, PeakSessions %d; want 1 and %d", st.Sessions[user], st.PeakSessions[user], sessions)
+		}
 		// Sessions that follow one another do not raise the peak: quit
 		// waits until the server closed the connection.
 		for range 2 {

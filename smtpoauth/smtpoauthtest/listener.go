@@ -78,6 +78,10 @@ type trackedConn struct {
 	// what is still written then (a TLS close_notify) is no reply and
 	// must not park.
 	closing atomic.Bool
+	// stored is set when the session has just stored a message: the reply
+	// that says so (the 250 to the final ".") is written without parking,
+	// so that Freeze never separates a stored message from its 250.
+	stored atomic.Bool
 }
 
 // Write parks while the server is frozen, except for TLS records that are
@@ -86,7 +90,7 @@ type trackedConn struct {
 // included, on both ports. A TLS 1.3 close_notify is application data on
 // the wire: closing marks the connection first.
 func (c *trackedConn) Write(b []byte) (int, error) {
-	if c.l.park != nil && len(b) > 0 && !c.closing.Load() && !isTLSControlRecord(b[0]) {
+	if c.l.park != nil && len(b) > 0 && !c.closing.Load() && !isTLSControlRecord(b[0]) && !c.stored.Swap(false) {
 		if !c.l.park("reply") {
 			c.drop()
 			return 0, net.ErrClosed

@@ -163,6 +163,7 @@ type Server struct {
 	stats    Stats
 	faults   faults
 	tokenFlt []*tokenFaultEntry
+	hangs    tokenHangs
 	freeze   freezer
 	users    userLimits
 }
@@ -467,6 +468,9 @@ type Stats struct {
 	// PeakSessions is the highest number of SMTP sessions authenticated
 	// as the same user at once, per user (see Config.MaxSessionsPerUser).
 	PeakSessions map[string]int
+	// Sessions is the number of SMTP sessions authenticated as each user
+	// open now (users with none are left out).
+	Sessions map[string]int
 }
 
 func newStats() Stats {
@@ -487,6 +491,10 @@ func (s *Server) Stats() Stats {
 	st.LoginsByUser = maps.Clone(s.stats.LoginsByUser)
 	st.MessagesByUser = maps.Clone(s.stats.MessagesByUser)
 	st.PeakSessions = maps.Clone(s.stats.PeakSessions)
+	st.Sessions = maps.Clone(s.users.sessions)
+	if st.Sessions == nil {
+		st.Sessions = make(map[string]int)
+	}
 	return st
 }
 

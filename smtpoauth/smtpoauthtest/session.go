@@ -206,6 +206,9 @@ func (ss *session) Data(r io.Reader) error {
 	store := func() {
 		msg.Data = data
 		msg.ReceivedAt = ss.s.now()
+		if ss.conn != nil {
+			ss.conn.stored.Store(true)
+		}
 		ss.s.addMessage(msg)
 		ss.s.log.Info("smtp message accepted", "username", msg.Username, "from", msg.From,
 			"recipients", len(msg.To), "size", len(data))

@@ -2,6 +2,7 @@ package smtpoauthtest
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -40,10 +41,16 @@ type TokenFault struct {
 	// jwt-bearer grant: the service account's client_email). Empty: every
 	// request.
 	ClientID string
+	// Hang leaves the request without an answer until its client gives up
+	// (closes the connection, as a process killed mid-refresh does) or the
+	// server closes; Status and Error are then not needed. WaitTokenHangs
+	// waits until requests hang. A hung request is not an answer: it does
+	// not count in Stats.TokenErrors.
+	Hang bool
 }
 
 func (f TokenFault) validate() error {
-	if f.Status == 0 && f.Error == "" {
+	if f.Status == 0 && f.Error == "" && !f.Hang {
 		return fmt.Errorf("TokenFault.Status: required without Error")
 	}
 	if f.Status != 0 && (f.Status < 400 || f.Status > 599) {
@@ -148,6 +155,10 @@ func (s *Server) tokenFault(w http.ResponseWriter, r *http.Request) bool {
 	if f == nil {
 		return false
 	}
+	if f.Hang {
+		s.hang(r, clientID)
+		return true
+	}
 	if f.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(int64((f.RetryAfter+time.Second-1)/time.Second), 10))
 	}
@@ -164,4 +175,53 @@ func (s *Server) tokenFault(w http.ResponseWriter, r *http.Request) bool {
 	w.WriteHeader(f.Status)
 	fmt.Fprintln(w, cmp.Or(f.Description, http.StatusText(f.Status)))
 	return true
+}
+
+// tokenHangs counts the token requests hung by a TokenFault with Hang.
+// Guarded by Server.mu.
+type tokenHangs struct {
+	n       int
+	changed chan struct{} // closed and replaced when n grows
+}
+
+// hang blocks a token request until its client goes away or the server
+// closes.
+func (s *Server) hang(r *http.Request, clientID string) {
+	s.mu.Lock()
+	s.hangs.n++
+	if s.hangs.changed != nil {
+		close(s.hangs.changed)
+	}
+	s.hangs.changed = make(chan struct{})
+	s.mu.Unlock()
+	s.log.Info("token request hung by fault", "grant_type", r.PostForm.Get("grant_type"), "client_id", clientID)
+	select {
+	case <-r.Context().Done():
+	case <-s.closed:
+	}
+}
+
+// WaitTokenHangs waits until at least n token requests have been hung by
+// a TokenFault with Hang since the server started. It waits on a signal,
+// not a timer, and returns an error wrapping ctx.Err() when ctx is done
+// first, or ErrServerClosed when the server is closed.
+func (s *Server) WaitTokenHangs(ctx context.Context, n int) error {
+	for {
+		s.mu.Lock()
+		if s.hangs.changed == nil {
+			s.hangs.changed = make(chan struct{})
+		}
+		got, changed := s.hangs.n, s.hangs.changed
+		s.mu.Unlock()
+		if got >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %d hung token requests, got %d: %w", n, got, ctx.Err())
+		case <-s.closed:
+			return fmt.Errorf("wait for %d hung token requests, got %d: %w", n, got, ErrServerClosed)
+		}
+	}
 }

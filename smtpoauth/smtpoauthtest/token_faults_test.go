@@ -1,6 +1,7 @@
 package smtpoauthtest_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
@@ -62,6 +63,37 @@ func TestAddTokenFault(t *testing.T) {
 		wantRetrieveError(t, err, 429, "temporarily_unavailable", "Too many requests.")
 		if got := retrieveError(t, err).Response.Header.Get("Retry-After"); got != "2" {
 			t.Errorf("Retry-After = %q, want 2 (rounded up)", got)
+		}
+	})
+
+	t.Run("HangHoldsTheRequestUntilTheClientGivesUp", func(t *testing.T) {
+		t.Parallel()
+		b, conf, rt := bundle(t)
+		remove := b.srv.AddTokenFault(smtpoauthtest.TokenFault{Hang: true})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() {
+			_, err := conf.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
+			done <- err
+		}()
+		if err := b.srv.WaitTokenHangs(t.Context(), 1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the hung request returned %v", err)
+		default:
+		}
+		cancel() // the client gives up, as a killed process does
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("hung request: %v, want context.Canceled", err)
+		}
+		remove()
+		if _, err := refresh(t, b.srv, conf, rt); err != nil {
+			t.Errorf("after the fault: %v", err)
+		}
+		if st := b.srv.Stats(); st.TokenErrors != 0 || st.TokenGrantsTotal != 1 {
+			t.Errorf("stats: %d errors, %d grants; want 0 and 1", st.TokenErrors, st.TokenGrantsTotal)
 		}
 	})
 
