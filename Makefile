@@ -30,6 +30,15 @@ lint: ## go vet and gofmt
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+# make bench: messages per end-to-end run, and any other flags of ./bench
+# (go run ./bench -h lists them; e.g. BENCH_FLAGS="-cpuprofile cpu.out").
+BENCH_N     ?= 20000
+BENCH_FLAGS ?=
+
+.PHONY: bench
+bench: ## Measure sendq against asynq and a naive sender (BENCH_N messages), write bench/RESULTS.md
+	$(GO) run ./bench -n $(BENCH_N) $(BENCH_FLAGS)
+
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 20s)
 	@for pkg in $$($(GO) list $(PKGS)); do \

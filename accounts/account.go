@@ -113,6 +113,10 @@ type OAuth struct {
 	// AuthURL is the authorization endpoint, used to obtain a refresh token
 	// by consent. Preset default; optional.
 	AuthURL string
+	// DeviceURL is the device authorization endpoint (RFC 8628), used to
+	// obtain a refresh token by consent on another device. Preset
+	// default; optional.
+	DeviceURL string
 }
 
 // TokenSource returns the account's access-token source: a
@@ -130,12 +134,13 @@ type OAuth struct {
 // invalidate each other. To share tokens among processes, use a Registry
 // with a TokenStore instead (see RegistryOptions).
 func (a *Account) TokenSource(ctx context.Context) (oauth2.TokenSource, error) {
-	return a.tokenSource(ctx, nil)
+	return a.tokenSource(ctx, nil, nil)
 }
 
 // tokenSource builds the token source; logger (nil: quiet) hears about
-// refresh-token rotations.
-func (a *Account) tokenSource(ctx context.Context, logger *slog.Logger) (*smtpoauth.TokenCache, error) {
+// refresh-token rotations, obs (nil: none) about requests to the token
+// endpoint.
+func (a *Account) tokenSource(ctx context.Context, logger *slog.Logger, obs Observer) (*smtpoauth.TokenCache, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -164,6 +169,9 @@ func (a *Account) tokenSource(ctx context.Context, logger *slog.Logger) (*smtpoa
 		src = smtpoauth.NewJWTSource(ctx, cfg)
 	default:
 		return nil, fmt.Errorf("%v: oauth.grant: unknown grant %q", a, a.OAuth.Grant)
+	}
+	if obs != nil {
+		src = observedSource{src: src, obs: obs}
 	}
 	return smtpoauth.NewTokenCache(src, 0), nil
 }

@@ -52,7 +52,11 @@ const (
 	GoogleSMTPHost = "smtp.gmail.com"
 	GoogleTokenURL = "https://oauth2.googleapis.com/token"
 	GoogleAuthURL  = "https://accounts.google.com/o/oauth2/auth"
-	GoogleScope    = "https://mail.google.com/"
+	// GoogleDeviceURL is Google's device authorization endpoint (RFC
+	// 8628). Google does not allow GoogleScope in the device flow: for a
+	// mailbox, use the authorization-code flow.
+	GoogleDeviceURL = "https://oauth2.googleapis.com/device/code"
+	GoogleScope     = "https://mail.google.com/"
 	// GoogleMessagesPerDay and GoogleRecipientsPerDay are the preset
 	// limits (Limits) of a Google account: Gmail's and Workspace's
 	// sending limits per user. Exceeding them blocks the account's
@@ -91,6 +95,12 @@ func MicrosoftAuthURL(tenant string) string {
 	return fmt.Sprintf("https://login.microsoftonline.com/%s/oauth2/v2.0/authorize", tenant)
 }
 
+// MicrosoftDeviceURL returns the v2.0 device authorization endpoint (RFC
+// 8628) of a Microsoft tenant.
+func MicrosoftDeviceURL(tenant string) string {
+	return fmt.Sprintf("https://login.microsoftonline.com/%s/oauth2/v2.0/devicecode", tenant)
+}
+
 // preset is what a provider fills in when the file leaves a field out.
 type preset struct {
 	host   string
@@ -99,6 +109,10 @@ type preset struct {
 	mechanisms []string
 	tokenURL   func(tenant string) string
 	authURL    func(tenant string) string
+	deviceURL  func(tenant string) string
+	// authParams are added to the authorization request so that consent
+	// yields a refresh token (see Account.ConsentOptions).
+	authParams map[string]string
 	scopes     func(Grant) []string
 	limits     Limits // sending limits; zero fields: none
 }
@@ -112,6 +126,10 @@ var presets = map[Provider]*preset{
 		mechanisms: []string{smtpoauth.MechXOAUTH2, smtpoauth.MechOAuthBearer},
 		tokenURL:   constant(GoogleTokenURL),
 		authURL:    constant(GoogleAuthURL),
+		deviceURL:  constant(GoogleDeviceURL),
+		// offline: a refresh token; consent: one even for a user who
+		// consented before (Google otherwise returns none).
+		authParams: map[string]string{"access_type": "offline", "prompt": "consent"},
 		scopes:     func(Grant) []string { return []string{GoogleScope} },
 		limits:     Limits{MessagesPerDay: GoogleMessagesPerDay, RecipientsPerDay: GoogleRecipientsPerDay},
 	},
@@ -122,6 +140,8 @@ var presets = map[Provider]*preset{
 		mechanisms: []string{smtpoauth.MechXOAUTH2},
 		tokenURL:   MicrosoftTokenURL,
 		authURL:    MicrosoftAuthURL,
+		deviceURL:  MicrosoftDeviceURL,
+		// The refresh token comes with the offline_access scope.
 		scopes: func(g Grant) []string {
 			if g == GrantClientCredentials {
 				return []string{MicrosoftAppScope}
@@ -139,6 +159,7 @@ var presets = map[Provider]*preset{
 		mechanisms: []string{smtpoauth.MechXOAUTH2, smtpoauth.MechOAuthBearer},
 		tokenURL:   constant(""),
 		authURL:    constant(""),
+		deviceURL:  constant(""),
 		scopes:     func(Grant) []string { return nil },
 	},
 }

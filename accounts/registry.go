@@ -72,6 +72,13 @@ type RegistryOptions struct {
 	// Default smtpoauth.DefaultRefreshMargin; zero or negative means the
 	// default.
 	RefreshMargin time.Duration
+	// ObserverFunc, if set, returns the observer of an account (by id),
+	// for metrics: it hears about every request to the account's token
+	// endpoint (not about tokens served from a cache, the process's or
+	// the TokenStore's) and is the smtpoauth.Config.Observer of its
+	// sender. NewRegistry calls it once per account; a nil Observer means
+	// none for that account. Default nil: nothing is observed.
+	ObserverFunc func(accountID string) Observer
 
 	// nowFunc is the shared sources' clock (tests).
 	nowFunc func() time.Time
@@ -132,7 +139,11 @@ func NewRegistry(ctx context.Context, f *File, logger *slog.Logger, opts Registr
 	}
 	var errs []error
 	for _, a := range f.accounts {
-		ts, err := r.tokenSource(ctx, a)
+		var obs Observer
+		if opts.ObserverFunc != nil {
+			obs = opts.ObserverFunc(a.ID)
+		}
+		ts, err := r.tokenSource(ctx, a, obs)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -143,6 +154,9 @@ func NewRegistry(ctx context.Context, f *File, logger *slog.Logger, opts Registr
 			continue
 		}
 		cfg.Logger = logger.With("account", a.ID)
+		if obs != nil {
+			cfg.Observer = obs
+		}
 		cfg.MaxConns = a.Limits.MaxConns(cfg.MaxConns)
 		if a.Limits.MaxSessions > 0 && opts.Sessions != nil {
 			cfg.ConnLimiter = opts.Sessions.ConnLimiter(a.ID, a.Limits.MaxSessions, cfg.Logger)
@@ -162,14 +176,18 @@ func NewRegistry(ctx context.Context, f *File, logger *slog.Logger, opts Registr
 }
 
 // tokenSource builds a's token source: local, or shared through
-// opts.Tokens.
-func (r *Registry) tokenSource(ctx context.Context, a *Account) (TokenSource, error) {
+// opts.Tokens; obs (nil: none) hears about its requests to the token
+// endpoint.
+func (r *Registry) tokenSource(ctx context.Context, a *Account, obs Observer) (TokenSource, error) {
 	if r.opts.Tokens == nil {
-		return a.tokenSource(ctx, r.logger)
+		return a.tokenSource(ctx, r.logger, obs)
 	}
 	grant, key, err := a.grant()
 	if err != nil {
 		return nil, err
+	}
+	if obs != nil {
+		grant = observeGrant(grant, obs)
 	}
 	s := &sharedSource{
 		ctx:     ctx,

@@ -55,6 +55,10 @@ type rawOAuth struct {
 	Scopes                []string `yaml:"scopes"`
 	TokenURL              string   `yaml:"token_url"`
 	AuthURL               string   `yaml:"auth_url"`
+	DeviceURL             string   `yaml:"device_url"`
+	// RefreshTokenInStore says the refresh token is in the shared token
+	// store only (put there by cmd/authorize): no _env or _file needed.
+	RefreshTokenInStore bool `yaml:"refresh_token_in_store"`
 
 	// Inline secrets are decoded only to be rejected with a helpful
 	// message (KnownFields would reject them as merely unknown). Nodes, so
@@ -230,7 +234,10 @@ func (p *parser) oauth(a *Account, ra *rawAccount, pre *preset, known bool) {
 	c.clientSecret, _ = p.secret(a, "client_secret", ro.ClientSecretEnv, ro.ClientSecretFile,
 		o.Grant == GrantClientCredentials && ro.ClientSecret.Kind == 0, uses(GrantRefreshToken, GrantClientCredentials))
 	c.refreshToken, c.refreshTokenFile = p.secret(a, "refresh_token", ro.RefreshTokenEnv, ro.RefreshTokenFile,
-		o.Grant == GrantRefreshToken && ro.RefreshToken.Kind == 0, uses(GrantRefreshToken))
+		o.Grant == GrantRefreshToken && ro.RefreshToken.Kind == 0 && !ro.RefreshTokenInStore, uses(GrantRefreshToken))
+	if ro.RefreshTokenInStore && !uses(GrantRefreshToken) {
+		notUsed("oauth.refresh_token_in_store")
+	}
 	c.serviceAccountKey, _ = p.secret(a, "service_account_key", ro.ServiceAccountKeyEnv, ro.ServiceAccountKeyFile,
 		o.Grant == GrantJWT && ro.ServiceAccountKey.Kind == 0, uses(GrantJWT))
 	key := c.serviceAccountKey
@@ -291,6 +298,10 @@ func (p *parser) oauth(a *Account, ra *rawAccount, pre *preset, known bool) {
 	o.AuthURL = cmp.Or(ro.AuthURL, pre.authURL(o.Tenant))
 	if ro.AuthURL != "" {
 		p.checkURL(a, "oauth.auth_url", ro.AuthURL)
+	}
+	o.DeviceURL = cmp.Or(ro.DeviceURL, pre.deviceURL(o.Tenant))
+	if ro.DeviceURL != "" {
+		p.checkURL(a, "oauth.device_url", ro.DeviceURL)
 	}
 }
 

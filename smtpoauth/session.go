@@ -44,6 +44,9 @@ type session struct {
 	dirty  bool      // a transaction has not ended with a 250 to the final ".": RSET before the next
 	broken bool      // the connection must not be reused
 	lease  *ConnSlot // its slot of Config.ConnLimiter; nil without one
+	// dialTook is how long the TCP connection took: StageConnect reports
+	// it with the wait for the greeting.
+	dialTook time.Duration
 
 	// Guarded by the pool's mutex.
 	idleSince time.Time   // when it went idle, by the pool's clock
@@ -54,6 +57,7 @@ type session struct {
 // dial connects, protects the connection, says EHLO and authenticates with
 // tok. ctx bounds all of it.
 func (s *Sender) dial(ctx context.Context, tok *oauth2.Token) (*session, error) {
+	start := time.Now()
 	addrs := []string{net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))}
 	if s.cfg.TLS == TLSNone {
 		var err error
@@ -75,9 +79,10 @@ func (s *Sender) dial(ctx context.Context, tok *oauth2.Token) (*session, error) 
 		}
 	}
 	if err != nil {
+		s.observe(StageConnect, start)
 		return nil, s.fail(ctx, StageConnect, err)
 	}
-	ss := &session{s: s, conn: newBoundConn(raw)}
+	ss := &session{s: s, conn: newBoundConn(raw), dialTook: time.Since(start)}
 	if s.cfg.DebugWriter != nil {
 		ss.trace = newRedactWriter(&s.traceMu, s.cfg.DebugWriter)
 	}
@@ -105,7 +110,9 @@ func (ss *session) start(ctx context.Context) error {
 	cfg := ss.s.cfg
 	var conn net.Conn = ss.conn
 	if cfg.TLS == TLSImplicit {
+		start := time.Now()
 		tc, err := ss.handshake(ctx)
+		ss.s.observe(StageTLS, start)
 		if err != nil {
 			return err
 		}
@@ -114,7 +121,11 @@ func (ss *session) start(ctx context.Context) error {
 
 	conn.SetDeadline(time.Now().Add(cfg.CommandTimeout))
 	br := bufio.NewReader(conn)
+	start := time.Now()
 	code, text, greeting, err := ss.readReply(br)
+	if o := cfg.Observer; o != nil {
+		o.ObserveStage(StageConnect, ss.dialTook+time.Since(start))
+	}
 	if err != nil {
 		return ss.fail(ctx, StageConnect, err)
 	}
@@ -123,7 +134,9 @@ func (ss *session) start(ctx context.Context) error {
 	}
 	var rest io.Reader = br
 	if cfg.TLS == TLSStartTLS {
+		start := time.Now()
 		code, text, _, err := ss.command(conn, br, "EHLO "+cfg.LocalName)
+		ss.s.observe(StageHello, start)
 		if err == nil && code != 250 {
 			err = replyError(code, text)
 		}
@@ -133,11 +146,13 @@ func (ss *session) start(ctx context.Context) error {
 		if !hasExtension(text, "STARTTLS") {
 			return ss.fail(ctx, StageTLS, fmt.Errorf("server does not offer STARTTLS: %w", ErrInsecureTransport))
 		}
+		start = time.Now()
 		code, text, _, err = ss.command(conn, br, "STARTTLS")
 		if err == nil && code != 220 {
 			err = replyError(code, text)
 		}
 		if err != nil {
+			ss.s.observe(StageTLS, start)
 			return ss.fail(ctx, StageTLS, err)
 		}
 		if br.Buffered() > 0 {
@@ -146,6 +161,7 @@ func (ss *session) start(ctx context.Context) error {
 			return ss.fail(ctx, StageTLS, errors.New("server sent data after its STARTTLS reply"))
 		}
 		tc, err := ss.handshake(ctx)
+		ss.s.observe(StageTLS, start)
 		if err != nil {
 			return err
 		}
@@ -163,7 +179,10 @@ func (ss *session) start(ctx context.Context) error {
 		c.DebugWriter = ss.trace
 	}
 	ss.c = c
-	if err := c.Hello(cfg.LocalName); err != nil {
+	start = time.Now()
+	err = c.Hello(cfg.LocalName)
+	ss.s.observe(StageHello, start)
+	if err != nil {
 		return ss.fail(ctx, StageHello, err)
 	}
 	return nil
@@ -199,7 +218,12 @@ func (ss *session) auth(ctx context.Context, tok *oauth2.Token) error {
 	// report success on an unfinished exchange: Auth returns nil only on
 	// the server's 235. On a failure reply go-smtp also sends "*", which
 	// the server answers as an unknown command; harmless.
+	if cfg.Observer != nil {
+		cfg.Observer.Login()
+	}
+	start := time.Now()
 	err := ss.c.Auth(sc)
+	ss.s.observe(StageAuth, start)
 	if err == nil {
 		return nil
 	}
@@ -235,7 +259,10 @@ func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first 
 
 	first = true
 	if ss.dirty {
-		if err := ss.reset(); err != nil {
+		start := time.Now()
+		err := ss.reset()
+		ss.s.observe(StageReset, start)
+		if err != nil {
 			ss.broken = true
 			return nil, true, ss.fail(ctx, StageReset, err)
 		}
@@ -250,13 +277,18 @@ func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first 
 		opts.UTF8 = true
 	}
 	ss.dirty = true
-	if err := ss.c.Mail(m.From, opts); err != nil {
+	start := time.Now()
+	err = ss.c.Mail(m.From, opts)
+	ss.s.observe(StageMail, start)
+	if err != nil {
 		return nil, first, ss.fail(ctx, StageMail, err)
 	}
 	res = &Result{Recipients: make([]RecipientResult, 0, len(m.To))}
 	var firstRejection *smtp.SMTPError
 	for _, to := range m.To {
+		start := time.Now()
 		err := ss.c.Rcpt(to, nil)
+		ss.s.observe(StageRcpt, start)
 		var reply *smtp.SMTPError
 		switch {
 		case err == nil:
@@ -277,15 +309,21 @@ func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first 
 		return res, false, ss.fail(ctx, StageRcpt, firstRejection)
 	}
 
+	start = time.Now()
 	w, err := ss.c.Data()
+	if err != nil {
+		ss.s.observe(StageData, start)
+		return res, false, ss.fail(ctx, StageData, err)
+	}
+	_, err = w.Write(m.Data)
+	ss.s.observe(StageData, start)
 	if err != nil {
 		return res, false, ss.fail(ctx, StageData, err)
 	}
-	if _, err := w.Write(m.Data); err != nil {
-		return res, false, ss.fail(ctx, StageData, err)
-	}
 	// From here on a lost reply means the message may have been delivered.
+	start = time.Now()
 	resp, err := w.CloseWithResponse()
+	ss.s.observe(StageDataEnd, start)
 	if err != nil {
 		return res, false, ss.fail(ctx, StageDataEnd, err)
 	}

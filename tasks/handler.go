@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -50,6 +52,9 @@ type HandlerConfig struct {
 	// Logger receives one line per delivery and per failure, never a token
 	// or a body. Default: discard.
 	Logger *slog.Logger
+	// Observer, if set, hears the outcome of each attempt, for metrics
+	// (see Observer). Default nil: none.
+	Observer Observer
 	// NowFunc is the clock. Default time.Now.
 	NowFunc func() time.Time
 }
@@ -132,6 +137,9 @@ type attempt struct {
 	maxRetry int
 	payload  *Payload
 	log      *slog.Logger
+	// smtpCode is the reply code of the attempt's failure, 0 for none:
+	// the dead-letter line carries it.
+	smtpCode int
 }
 
 // ProcessTask delivers one email:send task.
@@ -176,6 +184,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			retryAt = now.Add(h.retry.HeldRecheck)
 		}
 		a.log.Debug("deferred: account not usable", "state", string(st.State), "until", retryAt)
+		h.observe(a, OutcomeDeferred)
 		return &deferError{until: retryAt, reason: fmt.Sprintf("account %s is %s: %s", p.AccountID, st.State, st.Reason)}
 	}
 
@@ -200,14 +209,19 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// account's SMTP sessions across workers.
 	refund, err := h.admit(ctx, a, len(pending))
 	if err != nil {
+		if _, ok := errors.AsType[*deferError](err); ok {
+			h.observe(a, OutcomeDeferred)
+		}
 		return err
 	}
 	res, sendErr := sender.Send(ctx, &smtpoauth.Message{From: from, To: pending, Data: data})
 	if sendErr == nil {
+		h.observe(a, OutcomeDelivered)
 		return h.delivered(ctx, a, st, d, res)
 	}
 	if errors.Is(sendErr, smtpoauth.ErrConnLimit) {
 		refund()
+		h.observe(a, OutcomeDeferred)
 		return h.sessionsBusy(a, sendErr)
 	}
 	return h.failed(ctx, a, d, res, sendErr)
@@ -229,7 +243,13 @@ func (h *Handler) delivered(ctx context.Context, a *attempt, st ledger.AccountSt
 		}
 		h.recipientDeadLetter(ctx, a, rejected)
 		first := deferred[0]
-		return fmt.Errorf("%d recipient(s) deferred, first %s: %s", len(deferred), first.Address, smtpoauth.FormatReply(first.Reply))
+		log, firstReply := a.log.With("class", smtpoauth.ClassTransient.String()), "no reply"
+		if first.Reply != nil {
+			firstReply = smtpoauth.FormatReply(first.Reply)
+			log = a.log.With("class", smtpoauth.ClassifyReply(smtpoauth.StageRcpt, first.Reply).Class.String(), "smtp_code", first.Reply.Code)
+		}
+		log.Warn("recipients deferred, will retry", "deferred", len(deferred), "accepted", len(res.Accepted()))
+		return fmt.Errorf("%d recipient(s) deferred, first %s: %s", len(deferred), first.Address, firstReply)
 	}
 	r := &ledger.Receipt{
 		MessageID:         a.payload.MessageID,
@@ -240,6 +260,9 @@ func (h *Handler) delivered(ctx context.Context, a *attempt, st ledger.AccountSt
 		PossibleDuplicate: d.PossibleDuplicate,
 	}
 	h.recipientDeadLetter(ctx, a, rejected)
+	if res.Reply != nil {
+		a.log = a.log.With("smtp_code", res.Reply.Code)
+	}
 	return h.complete(ctx, a, st, r)
 }
 
@@ -289,6 +312,8 @@ const receiptPatience = 20 * time.Second
 // failed turns a failed submission into a retry, a deferral or a dead letter.
 func (h *Handler) failed(ctx context.Context, a *attempt, d *ledger.Delivery, res *smtpoauth.Result, sendErr error) error {
 	c := smtpoauth.Classify(sendErr)
+	h.observe(a, c.Class.String())
+	a.smtpCode = c.Code
 	log := a.log.With("class", c.Class.String())
 	if c.Code != 0 {
 		log = log.With("smtp_code", c.Code)
@@ -399,7 +424,11 @@ func (h *Handler) deadLetter(ctx context.Context, a *attempt, kind string, rcpts
 		// archive it where asynq may trim it silently.
 		return fmt.Errorf("%s (dead letter not recorded: %v)", reason, err)
 	}
-	a.log.Error("dead-lettered", "class", class.String(), "reason", reason)
+	log := a.log
+	if a.smtpCode != 0 {
+		log = log.With("smtp_code", a.smtpCode)
+	}
+	log.Error("dead-lettered", "class", class.String(), "reason", reason)
 	return fmt.Errorf("%s: %w", reason, asynq.SkipRetry)
 }
 
@@ -428,7 +457,8 @@ func (h *Handler) recipientDeadLetter(ctx context.Context, a *attempt, rejected 
 		a.log.Error("could not record the rejected recipients as a dead letter", "error", err)
 		return
 	}
-	a.log.Warn("recipients rejected", "rejected", len(rejected), "reason", reason)
+	a.log.Warn("recipients rejected", "rejected", len(rejected), "reason", reason,
+		"class", dl.Class, "smtp_code", replyCode(rejected[0].Reply))
 }
 
 func (h *Handler) writeResult(a *attempt, r *ledger.Receipt) {
@@ -492,6 +522,17 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// replyCode returns the code that starts a reply formatted by
+// smtpoauth.FormatReply, 0 when there is none.
+func replyCode(reply string) int {
+	code, _, _ := strings.Cut(reply, " ")
+	n, err := strconv.Atoi(code)
+	if err != nil || n < 100 || n > 599 {
+		return 0
+	}
+	return n
 }
 
 func addresses(rs []ledger.Rejection) []string {

@@ -6,13 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sendq/sendq/accounts"
 	"github.com/sendq/sendq/ledger"
+	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/tasks"
 )
 
@@ -67,6 +71,16 @@ type Config struct {
 	TokenSharing accounts.RegistryOptions
 	// Logger receives the worker's and the queue's logs. Default: discard.
 	Logger *slog.Logger
+	// Metrics, if set, records the worker's metrics: outcomes of sends,
+	// SMTP stage latencies, logins and reused connections, token
+	// refreshes; and registers with Metrics.Registry collectors that read
+	// at scrape time the tasks in Queues and, from the ledger, the
+	// throttled and held accounts of Accounts and the dead letters (see
+	// package metrics). Serve Metrics.Registry over HTTP to expose them.
+	// The collectors are registered by New and unregistered when Run
+	// returns: one Worker at a time may use a Metrics. Default nil: no
+	// metrics.
+	Metrics *metrics.Metrics
 
 	// pollInterval overrides asynq's scheduled/retry check interval (tests).
 	pollInterval time.Duration
@@ -127,6 +141,8 @@ type Worker struct {
 	srv      *asynq.Server
 	mux      *asynq.ServeMux
 	handler  *tasks.Handler
+	// collectors are registered with Config.Metrics until Run returns.
+	collectors []prometheus.Collector
 }
 
 // New builds a Worker: it validates the configuration and prepares one token
@@ -155,6 +171,11 @@ func New(cfg Config) (*Worker, error) {
 	ropts := cfg.TokenSharing
 	ropts.Tokens = store
 	ropts.Sessions = store
+	var observer tasks.Observer
+	if m := cfg.Metrics; m != nil {
+		ropts.ObserverFunc = func(id string) accounts.Observer { return m.ForAccount(id) }
+		observer = m
+	}
 	registry, err := accounts.NewRegistry(context.Background(), cfg.Accounts, cfg.Logger, ropts)
 	if err != nil {
 		rdb.Close()
@@ -166,6 +187,7 @@ func New(cfg Config) (*Worker, error) {
 		Ledger:     store,
 		Retry:      cfg.Retry,
 		Logger:     cfg.Logger,
+		Observer:   observer,
 
 		InvalidGrantThreshold: cfg.InvalidGrantThreshold,
 		InvalidGrantWindow:    cfg.InvalidGrantWindow,
@@ -187,7 +209,59 @@ func New(cfg Config) (*Worker, error) {
 	})
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeSendEmail, h)
-	return &Worker{cfg: cfg, rdb: rdb, ledger: store, registry: registry, srv: srv, mux: mux, handler: h}, nil
+	w := &Worker{cfg: cfg, rdb: rdb, ledger: store, registry: registry, srv: srv, mux: mux, handler: h}
+	if err := w.registerCollectors(); err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// registerCollectors registers with Config.Metrics, if any, the collectors
+// that read the queues and the ledger at scrape time, through the worker's
+// Redis client.
+func (w *Worker) registerCollectors() error {
+	m := w.cfg.Metrics
+	if m == nil {
+		return nil
+	}
+	queues := slices.Sorted(maps.Keys(w.cfg.Queues))
+	qc, err := metrics.NewQueueCollector(metrics.QueueCollectorConfig{
+		Inspector: asynq.NewInspectorFromRedisClient(w.rdb),
+		Queues:    queues,
+		Logger:    w.cfg.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	ids := make([]string, 0, len(w.cfg.Accounts.Accounts()))
+	for _, a := range w.cfg.Accounts.Accounts() {
+		ids = append(ids, a.ID)
+	}
+	lc, err := metrics.NewLedgerCollector(metrics.LedgerCollectorConfig{
+		Ledger:   w.ledger,
+		Accounts: ids,
+		Logger:   w.cfg.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	for _, c := range []prometheus.Collector{qc, lc} {
+		if err := m.Registry().Register(c); err != nil {
+			w.unregisterCollectors()
+			return fmt.Errorf("worker config: Metrics: %w (is another Worker using it?)", err)
+		}
+		w.collectors = append(w.collectors, c)
+	}
+	return nil
+}
+
+// unregisterCollectors undoes registerCollectors.
+func (w *Worker) unregisterCollectors() {
+	for _, c := range w.collectors {
+		w.cfg.Metrics.Registry().Unregister(c)
+	}
+	w.collectors = nil
 }
 
 // accountLimits returns the sending limits of an account of the file, which
@@ -212,6 +286,7 @@ func accountLimits(f *accounts.File, id string) tasks.AccountLimits {
 // alive (accounts.Registry.KeepAlive).
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.rdb.Close()
+	defer w.unregisterCollectors()
 	if err := w.ledger.LoadScripts(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped before it started

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -102,11 +103,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	accountsFile := filepath.Join(sandboxDir, "accounts.yaml")
 
 	env := []string{"REDIS_URL=" + redisURL}
+	httpPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
 	worker := procs.start(filepath.Join(o.bin, "worker"),
 		// The demo has no token key: tokens go to Redis in plaintext.
-		[]string{"-accounts", accountsFile, "-queues", queue + "=1", "-concurrency", "10", "-dev-insecure-token-store"}, env,
+		[]string{"-accounts", accountsFile, "-queues", queue + "=1", "-concurrency", "10", "-dev-insecure-token-store",
+			"-http", httpAddr}, env,
 		filepath.Join(dir, "worker.log"))
-	fmt.Fprintf(stdout, "worker:   pid %d, queue %s\n", worker.cmd.Process.Pid, queue)
+	fmt.Fprintf(stdout, "worker:   pid %d, queue %s, http://%s/metrics and /monitoring/\n", worker.cmd.Process.Pid, queue, httpAddr)
 
 	// Enqueue the sample batch through the CLI, as a producer would.
 	enq := exec.CommandContext(ctx, filepath.Join(o.bin, "enqueue"), "-queue", queue)
@@ -149,7 +156,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%d of %d messages delivered (worker log: %s)", info.Completed, len(ids), worker.logTail())
 	}
 	fmt.Fprintln(stdout, "all sample messages delivered")
+	printMetrics(ctx, stdout, "http://"+httpAddr+"/metrics")
 	return nil
+}
+
+// printMetrics prints the worker's sendq_ metrics with a non-zero value: what
+// an operator's Prometheus would see after the run. Failing to read them is
+// reported, not fatal: the mail went out.
+func printMetrics(ctx context.Context, w io.Writer, url string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(w, "\nmetrics: %v\n", err)
+		return
+	}
+	defer resp.Body.Close()
+	fmt.Fprintf(w, "\nmetrics (%s, non-zero sendq_ counters and gauges; stage latencies omitted)\n", url)
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "sendq_") || strings.HasSuffix(line, " 0") || strings.Contains(line, "_seconds") {
+			continue
+		}
+		fmt.Fprintf(w, "  %s\n", line)
+	}
 }
 
 // waitDrained polls the queue until n tasks have finished (completed or

@@ -16,7 +16,20 @@
 // enqueued: invalid input exits with status 1 and a message naming the line
 // and the field, and nothing is enqueued.
 //
-// Redis is found through REDIS_URL (default redis://127.0.0.1:6379/0).
+// Operators follow the mail and the accounts with subcommands:
+//
+//	enqueue stats [-queue Q]... [-accounts FILE] [-json]   queues and accounts at a glance
+//	enqueue status [-queue Q] [-json] TASK_ID...           what became of tasks
+//	enqueue dead [-limit N] [-offset N] [-json]            dead letters and their reasons
+//	enqueue requeue ID... | -all                           give dead letters another chance
+//	enqueue account status|list|resume                     an account's health; release it
+//
+// Every subcommand answers -h with its usage and flags on stderr, and exits
+// with status 0.
+//
+// Redis is found through REDIS_URL (default redis://127.0.0.1:6379/0),
+// REDIS_CA_FILE and the REDIS_SENTINEL_* variables; the operator commands
+// read the workers' ledger under SENDQ_LEDGER_PREFIX (default "sendq:").
 package main
 
 import (
@@ -34,10 +47,20 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], env{getenv: os.Getenv, stdin: os.Stdin, stdinIsTerminal: isTerminal(os.Stdin)}, os.Stdout, os.Stderr)
 	stop()
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, "enqueue:", err)
-		os.Exit(1)
+	if code := exitStatus(err, os.Stderr); code != 0 {
+		os.Exit(code)
 	}
+}
+
+// exitStatus returns the process's exit status for run's error, printing
+// the error to stderr: 0 for none and for -h (flag.ErrHelp: the usage was
+// printed), 1 otherwise.
+func exitStatus(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintln(stderr, "enqueue:", err)
+	return 1
 }
 
 // env is what run reads from the process besides its arguments.
@@ -61,6 +84,7 @@ var subcommands = map[string]func(ctx context.Context, args []string, e env, std
 	"dead":    runDead,
 	"requeue": runRequeue,
 	"account": runAccount,
+	"stats":   runStats,
 }
 
 func run(ctx context.Context, args []string, e env, stdout, stderr io.Writer) error {

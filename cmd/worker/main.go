@@ -16,6 +16,14 @@
 // either form). Without a key the worker refuses to start, unless run with
 // -dev-insecure-token-store (SENDQ_DEV_INSECURE_TOKEN_STORE=1), which stores
 // tokens in plaintext: for development only.
+//
+// The operations listener (package opsweb) serves /healthz, /readyz, /metrics
+// and the asynq web UI under /monitoring/ on -http (SENDQ_HTTP_ADDR, default
+// 127.0.0.1:8080; empty turns it off). /monitoring and /metrics take HTTP
+// basic auth, user SENDQ_HTTP_USER (default admin), password
+// SENDQ_HTTP_PASSWORD or the file SENDQ_HTTP_PASSWORD_FILE; a password is
+// required unless -http is a loopback address. -monitoring-readonly
+// (SENDQ_MONITORING_READONLY=1) turns the UI's actions off.
 // SIGINT or SIGTERM stops it gracefully: in-flight sends get the shutdown
 // timeout to finish, and whatever has not finished by then goes back to the
 // queue.
@@ -28,10 +36,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +50,9 @@ import (
 	"github.com/sendq/sendq/accounts"
 	"github.com/sendq/sendq/internal/redisconn"
 	"github.com/sendq/sendq/ledger"
+	"github.com/sendq/sendq/metrics"
+	"github.com/sendq/sendq/opsweb"
+	"github.com/sendq/sendq/smtpoauth"
 	"github.com/sendq/sendq/tasks"
 	"github.com/sendq/sendq/worker"
 )
@@ -70,6 +83,11 @@ type options struct {
 	// devInsecureTokenStore.
 	tokenKeys             *ledger.Keyring
 	devInsecureTokenStore bool
+	// httpAddr is the operations listener's address; empty turns it off.
+	httpAddr           string
+	httpUser           string
+	httpPassword       smtpoauth.Secret
+	monitoringReadOnly bool
 }
 
 // parseFlags reads args with defaults from getenv. It is a pure function so
@@ -103,10 +121,19 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&level, "log-level", env("SENDQ_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env SENDQ_LOG_LEVEL)")
 	fs.BoolVar(&o.devInsecureTokenStore, "dev-insecure-token-store", devInsecure,
 		"DEVELOPMENT ONLY: without a token key, store tokens in Redis in plaintext (env "+worker.EnvDevInsecureTokenStore+"=1)")
+	fs.StringVar(&o.httpAddr, "http", env(opsweb.EnvAddr, opsweb.DefaultAddr),
+		"address of /healthz, /readyz, /metrics and the web UI /monitoring/; empty disables (env "+opsweb.EnvAddr+")")
+	readOnly, err := envBool(getenv, opsweb.EnvMonitoringReadOnly)
+	if err != nil {
+		return o, err
+	}
+	fs.BoolVar(&o.monitoringReadOnly, "monitoring-readonly", readOnly, "web UI in read-only mode (env "+opsweb.EnvMonitoringReadOnly+"=1)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: worker -accounts FILE [flags]\n\nRedis: REDIS_URL (default redis://127.0.0.1:6379/0)\n"+
 			"Token encryption key (one of): %s (base64 of 32 bytes), %s (id:base64,... first current), %s (a file)\n\n",
 			ledger.EnvTokenKey, ledger.EnvTokenKeys, ledger.EnvTokenKeyFile)
+		fmt.Fprintf(fs.Output(), "Web UI and /metrics basic auth: %s (default %s), %s or %s (required off loopback)\n\n",
+			opsweb.EnvUser, opsweb.DefaultUser, opsweb.EnvPassword, opsweb.EnvPasswordFile)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -154,6 +181,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	}
 	if err := o.logLevel.UnmarshalText([]byte(level)); err != nil {
 		return o, fmt.Errorf("-log-level: %q is not a level", level)
+	}
+	o.httpUser = getenv(opsweb.EnvUser)
+	if o.httpPassword, err = opsweb.PasswordFromEnv(getenv); err != nil {
+		return o, err
 	}
 	if o.tokenKeys, err = ledger.LoadKeyring(getenv); err != nil {
 		return o, err
@@ -221,6 +252,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logger := newLogger(o, stderr)
 	redisOpt := o.redis
 	logger.Info("redis", "server", o.redisDesc)
+	m := metrics.New()
+	var accountsLoaded atomic.Bool
+	stopHTTP, err := startOpsListener(o, m, &accountsLoaded, logger)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP() // after the worker: health and metrics last through its shutdown
 	file, err := accounts.Load(o.accountsFile)
 	if err != nil {
 		return err
@@ -234,6 +272,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Retry:           o.retry,
 		Ledger:          ledger.Options{Prefix: o.ledgerPrefix},
 		Logger:          logger,
+		Metrics:         m,
 
 		TokenKeys:             o.tokenKeys,
 		DevInsecureTokenStore: o.devInsecureTokenStore,
@@ -241,5 +280,52 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	accountsLoaded.Store(true)
 	return w.Run(ctx)
+}
+
+// startOpsListener serves the opsweb handler on o.httpAddr, unless it is
+// empty, and returns the func that shuts it down gracefully.
+func startOpsListener(o options, m *metrics.Metrics, accountsLoaded *atomic.Bool, logger *slog.Logger) (stop func(), err error) {
+	if o.httpAddr == "" {
+		return func() {}, nil
+	}
+	h, err := opsweb.New(opsweb.Config{
+		Addr:  o.httpAddr,
+		Redis: o.redis,
+		AccountsReadyFunc: func() error {
+			if !accountsLoaded.Load() {
+				return errors.New("not loaded yet")
+			}
+			return nil
+		},
+		Gatherer: m.Registry(),
+		User:     o.httpUser,
+		Password: o.httpPassword,
+		ReadOnly: o.monitoringReadOnly,
+		Logger:   logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("-http %s: %w", o.httpAddr, err)
+	}
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("-http: %w", err)
+	}
+	logger.Info("http listener", "addr", ln.Addr().String(), "monitoring", opsweb.MonitoringPath+"/",
+		"basic_auth", !o.httpPassword.IsZero(), "monitoring_readonly", o.monitoringReadOnly)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := h.Serve(ctx, ln); err != nil {
+			logger.Error("http listener", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		h.Close()
+	}, nil
 }

@@ -9,7 +9,9 @@
 // on three ephemeral ports of 127.0.0.1:
 //
 //   - TokenURL, an OAuth2 token endpoint with the refresh_token,
-//     client_credentials and jwt-bearer (Google service account) grants;
+//     client_credentials and jwt-bearer (Google service account) grants,
+//     and the authorization_code and device_code grants of the consent
+//     flows (AuthURL, DeviceAuthURL: see Consent below);
 //   - SMTPAddr, a submission port like 587: plaintext greeting, STARTTLS;
 //   - SMTPSAddr, an implicit-TLS port like 465.
 //
@@ -29,6 +31,26 @@
 // Then point the code under test at TokenURL and SMTPAddr/SMTPSAddr, and look
 // at what arrived with Messages or WaitMessages (which waits on a signal, not
 // a timer) and at the counters in Stats.
+//
+// # Consent
+//
+// AuthURL and DeviceAuthURL stand for the provider's consent screens, so
+// that a program that obtains refresh tokens (cmd/authorize) can be tested
+// end to end. The authorization endpoint approves at once and redirects the
+// browser to the loopback redirect_uri with a code and the state; the token
+// endpoint exchanges the code (grant_type=authorization_code) only with the
+// PKCE S256 code_verifier. The device authorization endpoint hands out a
+// device code and a user code; the token endpoint answers the device code's
+// polls with authorization_pending as long as Consent.PendingPolls says,
+// then with the tokens. SetConsent picks the user who approves (default:
+// the request's login_hint), or makes them refuse:
+//
+//	srv.AddClient("client-id", "client-secret")
+//	srv.SetConsent(smtpoauthtest.Consent{Username: "alice@example.com", PendingPolls: 2})
+//
+// As at the providers, a refresh token comes with the code only for offline
+// access: access_type=offline (and prompt=consent for a user who consented
+// before) with FlavorGoogle, the offline_access scope with FlavorMicrosoft.
 //
 // # Provider behaviour
 //
@@ -58,13 +80,16 @@
 //
 // # Failures
 //
-// AddFault scripts SMTP failures per Stage (StageMail keyed by the sender,
-// StageRcpt by the recipient, StageData, the reply to the final ".", by any
-// recipient) and per address, for a number of Times or until removed:
+// AddFault scripts SMTP failures per Stage (StageAuth keyed by the mailbox
+// logging in, StageMail by the sender, StageRcpt by the recipient,
+// StageData, the reply to the final ".", by any recipient) and per address,
+// for a number of Times or until removed:
 //
 //	srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageRcpt, Address: "bob@example.net",
 //		Code: 450, Enhanced: [3]int{4, 2, 1}, Text: "Try again later.", Times: 2})
 //	srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageData, Drop: true, StoreBeforeDrop: true})
+//	srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageAuth, Address: "alice@contoso.com",
+//		Code: 535, Enhanced: [3]int{5, 7, 139}, Text: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."})
 //
 // A Drop fault closes the connection instead of replying; at StageData
 // with StoreBeforeDrop the message is kept first: delivered, but the

@@ -60,6 +60,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		resp, terr = s.grantClientCredentials(r)
 	case GrantJWTBearer:
 		resp, terr = s.grantJWTBearer(r)
+	case GrantAuthorizationCode:
+		resp, terr = s.grantAuthorizationCode(r)
+	case GrantDeviceCode:
+		resp, terr = s.grantDeviceCode(r)
 	case "":
 		terr = &tokenError{status: http.StatusBadRequest, Code: "invalid_request", Description: "Missing required parameter: grant_type"}
 	default:
@@ -165,6 +169,7 @@ func (s *Server) grantRefreshToken(r *http.Request) (*tokenResponse, *tokenError
 	newRT := ""
 	if s.cfg.RotateRefreshTokens {
 		newRT = randomToken(s.refreshPrefix())
+		s.recordIssuedLocked(IssuedRefresh, newRT)
 		delete(s.refresh, rt)
 		s.refresh[newRT] = &refreshGrant{clientID: g.clientID, username: g.username, scope: g.scope, family: g.family}
 	} else if s.cfg.Flavor == FlavorMicrosoft {

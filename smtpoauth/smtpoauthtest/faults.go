@@ -26,6 +26,15 @@ const (
 	// message has been read; the fault's Address is compared with every
 	// recipient the transaction accepted.
 	StageData Stage = "DATA"
+	// StageAuth is the reply to AUTH once the client has sent its
+	// credentials, in place of checking them; the fault's Address is
+	// compared with the mailbox the client authenticates as. A fault here
+	// cannot Drop. For example, Microsoft's answer for a mailbox whose
+	// SMTP AUTH is disabled:
+	//
+	//	{Stage: StageAuth, Address: "alice@contoso.com", Code: 535, Enhanced: [3]int{5, 7, 139},
+	//		Text: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."}
+	StageAuth Stage = "AUTH"
 )
 
 // Fault scripts a failure of the SMTP server: at its Stage, for a
@@ -63,6 +72,10 @@ type Fault struct {
 func (f Fault) validate() error {
 	switch f.Stage {
 	case StageMail, StageRcpt, StageData:
+	case StageAuth:
+		if f.Drop {
+			return errors.New("Fault.Drop: not at StageAuth")
+		}
 	default:
 		return fmt.Errorf("Fault.Stage: unknown stage %q", f.Stage)
 	}

@@ -127,6 +127,12 @@ type Server struct {
 	URL string
 	// TokenURL is the OAuth2 token endpoint, URL + "/token".
 	TokenURL string
+	// AuthURL is the OAuth2 authorization endpoint, URL + "/authorize",
+	// where a user approves at once as SetConsent says.
+	AuthURL string
+	// DeviceAuthURL is the device authorization endpoint (RFC 8628),
+	// URL + "/device/code".
+	DeviceAuthURL string
 	// SMTPAddr is the submission listener ("127.0.0.1:PORT"), plaintext
 	// greeting then STARTTLS, like port 587.
 	SMTPAddr string
@@ -157,7 +163,9 @@ type Server struct {
 	clients  map[string]*oauthClient
 	refresh  map[string]*refreshGrant
 	access   map[string]*accessToken
+	issued   []IssuedToken              // every token handed out: IssuedTokens
 	accounts map[string]*serviceAccount // by client_email
+	consent  consentState               // SetConsent, authorization and device codes
 	messages []Message
 	changed  chan struct{} // closed and replaced when messages grow
 	stats    Stats
@@ -242,8 +250,12 @@ func Start(cfg Config) (*Server, error) {
 		s.URL = "http://" + lns[0].Addr().String()
 	}
 	s.TokenURL = s.URL + "/token"
+	s.AuthURL = s.URL + "/authorize"
+	s.DeviceAuthURL = s.URL + "/device/code"
 	mux := http.NewServeMux()
 	mux.HandleFunc("/token", s.handleToken)
+	mux.HandleFunc("/authorize", s.handleAuthorize)
+	mux.HandleFunc("/device/code", s.handleDeviceAuth)
 	s.httpSrv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -444,7 +456,8 @@ func (s *Server) ResetMessages() {
 type Stats struct {
 	// TokenGrants counts the access tokens issued by the token endpoint,
 	// by grant type (GrantRefreshToken, GrantClientCredentials,
-	// GrantJWTBearer). IssueAccessToken is not counted.
+	// GrantJWTBearer, GrantAuthorizationCode, GrantDeviceCode).
+	// IssueAccessToken is not counted.
 	TokenGrants map[string]int
 	// TokenGrantsTotal is the sum of TokenGrants.
 	TokenGrantsTotal int

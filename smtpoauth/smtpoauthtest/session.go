@@ -89,6 +89,10 @@ func (ss *session) authenticate(mech, user, token string, parseErr error) (authR
 	case parseErr != nil:
 		reason = rejectMalform
 	default:
+		if refusal = ss.s.authFault(user); refusal != nil {
+			reason = rejectFault
+			break
+		}
 		if refusal = ss.s.loginAttempt(key); refusal != nil {
 			reason = rejectRate
 			break

@@ -83,6 +83,7 @@ func (s *Server) NewRefreshToken(clientID, username string) string {
 	tok := randomToken(s.refreshPrefix())
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.recordIssuedLocked(IssuedRefresh, tok)
 	s.refresh[tok] = &refreshGrant{
 		clientID: clientID,
 		username: username,
@@ -139,6 +140,7 @@ func (s *Server) issue(at *accessToken) string {
 	at.expiresAt = now.Add(s.cfg.AccessTokenLifetime)
 	s.mu.Lock()
 	s.access[tok] = at
+	s.recordIssuedLocked(IssuedAccess, tok)
 	s.mu.Unlock()
 	return tok
 }

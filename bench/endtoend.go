@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/sendq/sendq/tasks"
+)
+
+// endToEndResult is delivered messages per second at one concurrency, one
+// value per round.
+type endToEndResult struct {
+	concurrency int
+	noop        sample // asynq server, no-op handler
+	naive       sample // asynq server, naiveHandler
+	sendq       sample // worker.Worker
+}
+
+// consumer is one of the three things that drain a queue.
+type consumer struct {
+	name string
+	into *sample
+	// fill enqueues the i-th task on q.
+	fill func(ctx context.Context, q string, i int) error
+	// prepare readies a consumer of q (untimed) and returns how to start
+	// it, the count of messages done and how to stop it.
+	prepare func(q string) (start func() error, count func() int, stop func() error, err error)
+}
+
+// measureEndToEnd drains -n messages at concurrency c with the asynq no-op
+// handler, the naive handler and sendq's worker, alternately, -rounds times.
+// With profile, sendq's last round is CPU-profiled into -cpuprofile.
+func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endToEndResult, error) {
+	r := endToEndResult{concurrency: c}
+	ac := asynq.NewClient(b.redisOpt)
+	defer ac.Close()
+	tc := tasks.NewClient(b.redisOpt)
+	defer tc.Close()
+
+	// Baselines get plain asynq tasks with sendq's payload.
+	t, _, err := tasks.NewTask(b.email(benchAccount))
+	if err != nil {
+		return r, err
+	}
+	payload := t.Payload()
+	fillRaw := func(ctx context.Context, q string, _ int) error {
+		_, err := ac.EnqueueContext(ctx, asynq.NewTask(tasks.TypeSendEmail, payload), asynq.Queue(q))
+		return err
+	}
+	// The server counts what sendq and the naive handler deliver.
+	delivered := func() func() int {
+		b.srv.ResetMessages()
+		base := b.srv.Stats().Messages
+		return func() int { return b.srv.Stats().Messages - base }
+	}
+	asynqServer := func(q string) *asynq.Server {
+		return asynq.NewServer(b.redisOpt, asynq.Config{
+			Concurrency:     c,
+			Queues:          map[string]int{q: 1},
+			ShutdownTimeout: 10 * time.Second,
+			Logger:          asynqLogger{b.log},
+			LogLevel:        asynq.WarnLevel,
+		})
+	}
+
+	consumers := []consumer{
+		{name: "asynq no-op", into: &r.noop, fill: fillRaw, prepare: func(q string) (func() error, func() int, func() error, error) {
+			var n atomic.Int64
+			srv := asynqServer(q)
+			h := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { n.Add(1); return nil })
+			return func() error { return srv.Start(h) },
+				func() int { return int(n.Load()) },
+				func() error { srv.Shutdown(); return nil }, nil
+		}},
+		{name: "naive go-smtp", into: &r.naive, fill: fillRaw, prepare: func(q string) (func() error, func() int, func() error, error) {
+			// Already authenticated: the connections are opened untimed.
+			h, err := newNaiveHandler(b.srv, benchUser+"@example.com", c)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			srv := asynqServer(q)
+			return func() error { return srv.Start(h) },
+				delivered(),
+				func() error { srv.Shutdown(); h.close(); return nil }, nil
+		}},
+		{name: "sendq", into: &r.sendq, fill: func(ctx context.Context, q string, _ int) error {
+			_, err := tc.Enqueue(ctx, b.email(benchAccount), tasks.Queue(q))
+			return err
+		}, prepare: func(q string) (func() error, func() int, func() error, error) {
+			w, err := b.newWorker(q, c)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			return func() error { w.start(); return nil }, delivered(), w.stop, nil
+		}},
+	}
+
+	for round := range b.cfg.Rounds {
+		order := []int{0, 1, 2}
+		if round%2 == 1 {
+			order = []int{2, 1, 0}
+		}
+		for _, i := range order {
+			cons := consumers[i]
+			prof := profile && b.cfg.CPUProfile != "" && cons.into == &r.sendq && round == b.cfg.Rounds-1
+			rate, err := b.drain(ctx, cons, c, prof)
+			if err != nil {
+				return r, fmt.Errorf("end to end, concurrency %d, %s: %w", c, cons.name, err)
+			}
+			*cons.into = append(*cons.into, rate)
+			b.progress("end to end c=%d round %d/%d: %s %.0f msg/s", c, round+1, b.cfg.Rounds, cons.name, rate)
+		}
+	}
+	return r, nil
+}
+
+// drain fills a new queue with -n tasks, then times cons draining it.
+func (b *bench) drain(ctx context.Context, cons consumer, c int, profile bool) (rate float64, err error) {
+	q := b.queue(fmt.Sprintf("e2e-c%d", c))
+	defer func() {
+		if derr := b.deleteQueue(context.WithoutCancel(ctx), q); err == nil {
+			err = derr
+		}
+	}()
+	n := b.cfg.Messages
+	if err := fill(ctx, n, func(ctx context.Context, i int) error { return cons.fill(ctx, q, i) }); err != nil {
+		return 0, err
+	}
+	logins := b.srv.Stats().Logins
+	stopProfile := func() error { return nil }
+	if profile {
+		if stopProfile, err = startCPUProfile(b.cfg.CPUProfile); err != nil {
+			return 0, err
+		}
+	}
+	run, count, stop, err := cons.prepare(q)
+	if err != nil {
+		stopProfile()
+		return 0, err
+	}
+	start := time.Now()
+	if err := run(); err != nil {
+		stopProfile()
+		stop()
+		return 0, err
+	}
+	end, werr := waitCount(ctx, "messages delivered", n, drainTimeout(n), func() (int, error) { return count(), nil })
+	perr := stopProfile()
+	serr := stop()
+	if perr != nil {
+		return 0, perr
+	}
+	if werr != nil {
+		return 0, werr
+	}
+	if serr != nil {
+		return 0, serr
+	}
+	if cons.name == "sendq" {
+		b.sendqLogins += b.srv.Stats().Logins - logins
+		b.sendqMessages += n
+	}
+	return float64(n) / end.Sub(start).Seconds(), nil
+}
+
+// startCPUProfile starts writing a CPU profile of this process to file and
+// returns the function that stops it.
+func startCPUProfile(file string) (stop func() error, err error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpuprofile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("cpuprofile: %w", err)
+		}
+		return nil
+	}, nil
+}
