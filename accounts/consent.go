@@ -8,6 +8,8 @@ import (
 	"slices"
 
 	"golang.org/x/oauth2"
+
+	"github.com/sendq/sendq/smtpoauth"
 )
 
 // This file holds what obtaining a refresh token by consent needs (the
@@ -23,7 +25,7 @@ var ErrNoConsent = errors.New("grant needs no consent")
 // refresh_token account that has no refresh token yet: none in the token
 // store and none in the accounts file (oauth.refresh_token_in_store before
 // the account was authorized).
-var ErrNoRefreshToken = errors.New("no refresh token")
+var ErrNoRefreshToken = smtpoauth.ErrNoRefreshToken
 
 // ConsentConfig returns the OAuth2 client configuration with which a person
 // consents to the account's use and so obtains its refresh token: the

@@ -229,6 +229,9 @@ func (s *sharedSource) refreshLocked(ctx context.Context) (*oauth2.Token, bool, 
 			return nil, false, err
 		}
 		used = cmp.Or(stored, string(s.seed))
+		if used == "" {
+			return nil, false, fmt.Errorf("account %s: %w: none stored and none in the accounts file", s.account, ErrNoRefreshToken)
+		}
 		s.mu.Lock()
 		if p := s.pending; p != nil && string(p.after) == stored {
 			used, usedPending = string(p.next), true

@@ -200,6 +200,12 @@ func Classify(err error) Classification {
 	}
 
 	switch {
+	case errors.Is(err, ErrNoRefreshToken):
+		return Classification{
+			Class:  ClassNeedsHuman,
+			Hold:   HoldReauthorize,
+			Reason: "no refresh token yet: " + detail() + " — run authorize for the account",
+		}
 	case errors.Is(err, ErrInvalidMessage):
 		return Classification{Class: ClassPermanentMessage, Reason: "message cannot be submitted: " + detail()}
 	case errors.Is(err, ErrInsecureTransport):

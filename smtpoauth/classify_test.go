@@ -394,6 +394,15 @@ func TestClassifyRetrieveError(t *testing.T) {
 		}
 	})
 
+	t.Run("NoRefreshTokenYetHoldsForAuthorization", func(t *testing.T) {
+		t.Parallel()
+		err := &SendError{Stage: StageToken, Err: fmt.Errorf("account support: %w: none stored", ErrNoRefreshToken)}
+		c := Classify(err)
+		if c.Class != ClassNeedsHuman || c.Hold != HoldReauthorize || !strings.Contains(c.Reason, "run authorize") {
+			t.Errorf("got %v/%q %q, want needs-human/reauthorize saying to run authorize", c.Class, c.Hold, c.Reason)
+		}
+	})
+
 	t.Run("InvalidGrantIsLeftToTheCallerToEscalate", func(t *testing.T) {
 		t.Parallel()
 		c := Classify(retrieveErr(400, "invalid_grant", "Bad Request"))

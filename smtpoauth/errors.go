@@ -27,6 +27,11 @@ const (
 	StageReset   Stage = "rset"     // RSET between messages on a reused connection
 )
 
+// ErrNoRefreshToken is wrapped by the error of a refresh-token grant that has
+// no refresh token to use: the mailbox has not been authorized yet (or its
+// token was never stored). Classify holds the account for re-authorization.
+var ErrNoRefreshToken = errors.New("no refresh token")
+
 // ErrInsecureTransport is returned when a bearer token would be sent over a
 // connection that is neither TLS nor an explicitly allowed loopback one.
 var ErrInsecureTransport = errors.New("refusing to send a bearer token over an unencrypted connection")

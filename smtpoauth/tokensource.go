@@ -3,7 +3,6 @@ package smtpoauth
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -64,7 +63,7 @@ func (s *refreshTokenSource) Token() (*oauth2.Token, error) {
 
 	rt := string(s.refreshToken)
 	if rt == "" {
-		return nil, errors.New("refresh token grant: no refresh token")
+		return nil, fmt.Errorf("refresh token grant: %w", ErrNoRefreshToken)
 	}
 	// A token without an access token is expired, so the reuse source that
 	// oauth2.Config.TokenSource builds refreshes at once.

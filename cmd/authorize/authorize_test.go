@@ -124,6 +124,59 @@ func TestOnboarding(t *testing.T) {
 	}
 }
 
+// TestANewMailboxIsHeldUntilAuthorized: an account whose refresh token is
+// only ever in the store holds its mail, saying to run authorize, until the
+// first authorization; then the waiting mail goes by itself.
+func TestANewMailboxIsHeldUntilAuthorized(t *testing.T) {
+	t.Parallel()
+	const user = "alice@example.com"
+	b := setup(t, smtpoauthtest.Config{Flavor: smtpoauthtest.FlavorGoogle})
+	b.srv.AddClient("desktop-app", "desktop-secret")
+	b.env["SUPPORT_CLIENT_SECRET"] = "desktop-secret"
+	path := b.writeAccounts(t, strings.NewReplacer("{{provider}}", "google", "{{user}}", user).Replace(onboardingAccounts))
+	ctx := t.Context()
+
+	queue := runWorker(t, b, path)
+	client := tasks.NewClient(redistest.ConnOpt(redisDB))
+	t.Cleanup(func() { client.Close() })
+	if _, err := client.Enqueue(ctx, &tasks.Email{
+		AccountID: "support", From: user, To: []string{"bob@example.net"}, Subject: "Hello", Text: "Waiting for consent.",
+	}, tasks.Queue(queue)); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var st ledger.AccountStatus
+	tick := time.NewTicker(20 * time.Millisecond) // the hold is in Redis: no signal to wait on
+	defer tick.Stop()
+	for st.State != ledger.AccountHeld {
+		select {
+		case <-wctx.Done():
+			t.Fatalf("account %+v, want held for authorization", st)
+		case <-tick.C:
+		}
+		var err error
+		if st, err = b.admin.Account(ctx, "support"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st.Hold != ledger.HoldReauthorize || !strings.Contains(st.Reason, "run authorize") {
+		t.Errorf("held %q: %q, want reauthorize saying to run authorize", st.Hold, st.Reason)
+	}
+	if n := len(b.srv.Messages()); n != 0 {
+		t.Fatalf("%d messages sent before the authorization", n)
+	}
+
+	authorizeInBrowser(t, b, "-accounts", path, "-account", "support")
+	msgs, err := b.srv.WaitMessages(wctx, 1)
+	if err != nil {
+		t.Fatalf("after the authorization: %v", err)
+	}
+	if msgs[0].Username != user {
+		t.Errorf("delivered as %s, want %s", msgs[0].Username, user)
+	}
+}
+
 // authorizeInBrowser runs authorize, opens the URL it prints as a browser
 // would (following the redirects to its loopback listener), and returns
 // its output once it has finished.
@@ -196,6 +249,8 @@ func runWorker(t *testing.T, b *testBundle, path string) string {
 		Queues:    map[string]int{queue: 1},
 		Ledger:    ledger.Options{Prefix: b.prefix},
 		TokenKeys: b.keys,
+		// A held account's mail looks again soon after it resumes.
+		Retry: tasks.RetryPolicy{HeldRecheck: 200 * time.Millisecond},
 	})
 	if err != nil {
 		t.Fatal(err)
