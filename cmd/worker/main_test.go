@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sendq/sendq/ledger"
+	"github.com/sendq/sendq/metrics"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -23,6 +25,10 @@ func TestParseFlags(t *testing.T) {
 	key := base64.StdEncoding.EncodeToString(raw)
 	keyFile := filepath.Join(t.TempDir(), "token.keys")
 	if err := os.WriteFile(keyFile, []byte("2026-03:"+key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	passwordFile := filepath.Join(t.TempDir(), "http.password")
+	if err := os.WriteFile(passwordFile, []byte("correct horse\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	withKey := func(env map[string]string) map[string]string {
@@ -90,6 +96,18 @@ func TestParseFlags(t *testing.T) {
 			wantErr: `SENDQ_DEV_INSECURE_TOKEN_STORE: "yes please" is not a boolean`},
 		{name: "TwoKeySources", args: []string{"-accounts", "a"}, env: withKey(map[string]string{"SENDQ_TOKEN_KEY_FILE": keyFile}),
 			wantErr: "set only one of SENDQ_TOKEN_KEY, SENDQ_TOKEN_KEY_FILE"},
+		{name: "HTTPListenerDefaults", args: []string{"-accounts", "a"}, env: withKey(nil),
+			want: func(o options) bool {
+				return o.httpAddr == "127.0.0.1:8080" && o.httpPassword.IsZero() && !o.monitoringReadOnly
+			}},
+		{name: "HTTPListenerFromEnvironment", args: []string{"-accounts", "a"},
+			env: withKey(map[string]string{"SENDQ_HTTP_ADDR": "0.0.0.0:9090", "SENDQ_HTTP_USER": "ops",
+				"SENDQ_HTTP_PASSWORD_FILE": passwordFile, "SENDQ_MONITORING_READONLY": "1"}),
+			want: func(o options) bool {
+				return o.httpAddr == "0.0.0.0:9090" && o.httpUser == "ops" && !o.httpPassword.IsZero() && o.monitoringReadOnly
+			}},
+		{name: "HTTPListenerOff", args: []string{"-accounts", "a", "-http", ""}, env: withKey(map[string]string{"SENDQ_HTTP_ADDR": "0.0.0.0:9090"}),
+			want: func(o options) bool { return o.httpAddr == "" }},
 		{name: "BadTokenKey", args: []string{"-accounts", "a"}, env: map[string]string{"SENDQ_TOKEN_KEY": key[:20]},
 			wantErr: "SENDQ_TOKEN_KEY: parse keyring: entry 1: not the base64 of 32 bytes"},
 	} {
@@ -112,5 +130,25 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("options %+v", o)
 			}
 		})
+	}
+}
+
+func TestOpsListenerOffLoopbackNeedsAPassword(t *testing.T) {
+	t.Parallel()
+	raw := make([]byte, ledger.TokenKeySize)
+	rand.Read(raw)
+	env := map[string]string{"SENDQ_TOKEN_KEY": base64.StdEncoding.EncodeToString(raw)}
+	o, err := parseFlags([]string{"-accounts", "a", "-http", "0.0.0.0:0"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loaded atomic.Bool
+	stop, err := startOpsListener(o, metrics.New(), &loaded, slog.New(slog.DiscardHandler))
+	if err == nil {
+		stop()
+		t.Fatal("the listener started on every interface without a password")
+	}
+	if !strings.Contains(err.Error(), "-http 0.0.0.0:0") {
+		t.Errorf("error %q does not name the flag", err)
 	}
 }
