@@ -52,7 +52,17 @@ type bench struct {
 
 	// Totals over sendq's end-to-end rounds.
 	sendqLogins, sendqMessages int
+
+	stopAlive func() // ends the heartbeat of aliveKey
 }
+
+// aliveTTL is how long the key that says a run is alive outlives its last
+// renewal; it is renewed every aliveTTL/3.
+const aliveTTL = 30 * time.Second
+
+// aliveKey says that run is under way: its keys must not be deleted by
+// another run.
+func aliveKey(run string) string { return ledgerPrefix + run + ":alive" }
 
 func newBench(ctx context.Context, cfg config, stderr io.Writer) (*bench, error) {
 	var id [4]byte
@@ -73,9 +83,31 @@ func newBench(ctx context.Context, cfg config, stderr io.Writer) (*bench, error)
 		b.rdb.Close()
 		return nil, fmt.Errorf("redis at %s is not reachable (%v): start one with `redis-server --daemonize yes` or set REDIS_ADDR", cfg.RedisAddr, err)
 	}
-	// A run that was killed leaves its keys behind: they are ours.
-	if err := b.deleteKeys(ctx, "asynq:{"+queuePrefix+"*", ledgerPrefix+"*"); err != nil {
+	// Say this run is alive before writing any other key, then delete
+	// what runs that were killed left behind (not those of a run going on,
+	// such as a TestSmoke of someone else's make test).
+	if err := b.rdb.Set(ctx, aliveKey(b.run), time.Now().String(), aliveTTL).Err(); err != nil {
 		b.rdb.Close()
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	aliveCtx, stopAlive := context.WithCancel(context.Background())
+	aliveDone := make(chan struct{})
+	go func() {
+		defer close(aliveDone)
+		tick := time.NewTicker(aliveTTL / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-aliveCtx.Done():
+				return
+			case <-tick.C:
+				b.rdb.Expire(aliveCtx, aliveKey(b.run), aliveTTL)
+			}
+		}
+	}()
+	b.stopAlive = func() { stopAlive(); <-aliveDone }
+	if err := b.deleteAbandoned(ctx); err != nil {
+		b.close()
 		return nil, err
 	}
 	srv, err := smtpoauthtest.Start(smtpoauthtest.Config{})
@@ -102,7 +134,10 @@ func newBench(ctx context.Context, cfg config, stderr io.Writer) (*bench, error)
 func (b *bench) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := b.deleteKeys(ctx, "asynq:{"+queuePrefix+b.run+"*", ledgerPrefix+b.run+":*"); err != nil {
+	if b.stopAlive != nil {
+		b.stopAlive()
+	}
+	if err := b.deleteKeys(ctx, "asynq:{"+queuePrefix+b.run+"-*", ledgerPrefix+b.run+":*"); err != nil {
 		b.log.Warn("deleting the benchmark's keys", "error", err)
 	}
 	if b.srv != nil {
@@ -130,6 +165,41 @@ func (b *bench) queue(what string) string {
 // ledgerPrefix returns a ledger key prefix of this run.
 func (b *bench) ledgerPrefix(what string) string {
 	return ledgerPrefix + b.run + ":" + what + ":"
+}
+
+// deleteAbandoned deletes the keys of the runs that are no longer alive.
+func (b *bench) deleteAbandoned(ctx context.Context) error {
+	runs := map[string]bool{}
+	for _, p := range []struct{ pattern, prefix string }{
+		{"asynq:{" + queuePrefix + "*", "asynq:{" + queuePrefix},
+		{ledgerPrefix + "*", ledgerPrefix},
+	} {
+		iter := b.rdb.Scan(ctx, 0, p.pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			rest := strings.TrimPrefix(iter.Val(), p.prefix)
+			if i := strings.IndexAny(rest, "-:"); i > 0 {
+				runs[rest[:i]] = true
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return fmt.Errorf("redis: scan benchmark keys: %w", err)
+		}
+	}
+	for run := range runs {
+		if run == b.run {
+			continue
+		}
+		n, err := b.rdb.Exists(ctx, aliveKey(run)).Result()
+		if err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		if n == 0 {
+			if err := b.deleteKeys(ctx, "asynq:{"+queuePrefix+run+"-*", ledgerPrefix+run+":*"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // deleteQueue removes every key asynq keeps for queue q.

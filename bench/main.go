@@ -61,9 +61,10 @@
 // Each target prints PASS or MISS. The program exits 0 when it measured,
 // whatever the targets say, and non-zero only when something failed.
 //
-// -cpuprofile FILE writes a CPU profile of the bench process during the last
-// sendq end-to-end round at the highest concurrency: the in-process worker,
-// plus the SMTP server it sends to.
+// -cpuprofile FILE writes a CPU profile of the bench process during sendq's
+// last end-to-end round at the last concurrency of -c (50 by default): the
+// in-process worker, plus the SMTP server it sends to, which shows in the
+// profile under smtpoauthtest and go-smtp's server.
 package main
 
 import (
