@@ -55,6 +55,13 @@ type RegistryOptions struct {
 	// connections. Default nil: MaxSessions bounds each process's pool
 	// only.
 	Sessions SessionLimits
+	// IdleConnsPerAccount is how many authenticated SMTP connections each
+	// account's Sender keeps between messages (smtpoauth.Config.
+	// MaxIdleConns), at most the account's Limits.MaxSessions. A worker
+	// sets it to its concurrency, so that a steady stream reuses every
+	// connection instead of closing the surplus after each message and
+	// logging in again. Default 0: smtpoauth.DefaultMaxIdleConns.
+	IdleConnsPerAccount int
 	// KeepAlive is the longest an idle account's refresh token goes
 	// unused, with Tokens: KeepAlive runs a check every KeepAlive/8 to
 	// KeepAlive/4 (random) per account, and one process per KeepAlive/2
@@ -158,6 +165,12 @@ func NewRegistry(ctx context.Context, f *File, logger *slog.Logger, opts Registr
 			cfg.Observer = obs
 		}
 		cfg.MaxConns = a.Limits.MaxConns(cfg.MaxConns)
+		if n := opts.IdleConnsPerAccount; n > 0 {
+			cfg.MaxIdleConns = n
+			if cfg.MaxConns > 0 {
+				cfg.MaxIdleConns = min(n, cfg.MaxConns)
+			}
+		}
 		if a.Limits.MaxSessions > 0 && opts.Sessions != nil {
 			cfg.ConnLimiter = opts.Sessions.ConnLimiter(a.ID, a.Limits.MaxSessions, cfg.Logger)
 		}

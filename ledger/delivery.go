@@ -372,3 +372,29 @@ redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return n
 `)
+
+// DeliveryAndAccount returns what Delivery(messageID) and Account(account)
+// return, in one round trip (a pipeline): what a worker reads before each
+// attempt.
+func (s *Store) DeliveryAndAccount(ctx context.Context, messageID, account string) (*Delivery, AccountStatus, error) {
+	switch {
+	case messageID == "":
+		return nil, AccountStatus{}, fmt.Errorf("load delivery: %w", errEmptyMessageID)
+	case account == "":
+		return nil, AccountStatus{}, fmt.Errorf("load account: %w", errEmptyAccount)
+	}
+	var dh, ah *redis.MapStringStringCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		dh = p.HGetAll(ctx, s.deliveryKey(messageID))
+		ah = p.HGetAll(ctx, s.accountKey(account))
+		return nil
+	})
+	if err != nil {
+		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s and account %s: %w", messageID, account, err)
+	}
+	d, err := decodeDelivery(messageID, dh.Val())
+	if err != nil {
+		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s: %w", messageID, err)
+	}
+	return d, decodeAccount(account, ah.Val()), nil
+}

@@ -327,3 +327,30 @@ func TestDeliveryRejectsEmptyInput(t *testing.T) {
 		t.Errorf("failed calls created keys %v", ks)
 	}
 }
+
+func TestDeliveryAndAccountReadBothAtOnce(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, Options{})
+	ctx := context.Background()
+	if err := tb.store.WriteReceipt(ctx, &Receipt{MessageID: "<m@x>", TaskID: "t1", Accepted: []string{"a@example.net"}, Reply: "250 ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.store.Hold(ctx, "acct", HoldReauthorize, "invalid_grant persisted"); err != nil {
+		t.Fatal(err)
+	}
+	d, st, err := tb.store.DeliveryAndAccount(ctx, "<m@x>", "acct")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantD, _ := tb.store.Delivery(ctx, "<m@x>")
+	wantSt, _ := tb.store.Account(ctx, "acct")
+	if d.Receipt == nil || d.Receipt.Reply != wantD.Receipt.Reply || len(d.Recipients) != len(wantD.Recipients) {
+		t.Errorf("delivery %+v, want %+v", d, wantD)
+	}
+	if st != wantSt || st.State != AccountHeld {
+		t.Errorf("account %+v, want %+v", st, wantSt)
+	}
+	if _, _, err := tb.store.DeliveryAndAccount(ctx, "", "acct"); err == nil {
+		t.Error("an empty Message-ID was accepted")
+	}
+}

@@ -63,7 +63,7 @@ func ExampleConfig_WithDefaults() {
 	// Output:
 	// implicit smtp.gmail.com XOAUTH2 localhost
 	// 30s 5m0s 10m0s
-	// 0 2 100 1m0s
+	// 0 2 1000 1m0s
 	// starttls
 }
 

@@ -118,17 +118,18 @@ func TestSenderPool(t *testing.T) {
 	t.Run("SequentialSendsLogInOnce", func(t *testing.T) {
 		t.Parallel()
 		b := setupPoolTest(t, nil)
-		for i := range 100 {
+		const n = smtpoauth.DefaultMaxMessagesPerConn
+		for i := range n {
 			b.send(t, i)
 		}
-		b.wantLogins(t, 1, 100)
-		wantEachOnce(t, b.srv, 100)
+		b.wantLogins(t, 1, n)
+		wantEachOnce(t, b.srv, n)
 		// The connection has carried DefaultMaxMessagesPerConn messages.
-		if n := smtpoauth.IdleConns(b.s); n != 0 || smtpoauth.DefaultMaxMessagesPerConn != 100 {
-			t.Errorf("%d idle connections after %d messages, want 0", n, smtpoauth.DefaultMaxMessagesPerConn)
+		if idle := smtpoauth.IdleConns(b.s); idle != 0 {
+			t.Errorf("%d idle connections after %d messages, want 0", idle, n)
 		}
-		b.send(t, 100)
-		b.wantLogins(t, 2, 101)
+		b.send(t, n)
+		b.wantLogins(t, 2, n+1)
 	})
 
 	t.Run("ConcurrentSendsShareAFewConnections", func(t *testing.T) {

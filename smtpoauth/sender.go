@@ -61,7 +61,7 @@ const (
 	// before it is closed when Config.MaxMessagesPerConn is zero. Gmail and
 	// Exchange accept many more; a bound spreads the load and limits what
 	// a long-lived session can accumulate.
-	DefaultMaxMessagesPerConn = 100
+	DefaultMaxMessagesPerConn = 1000
 	// DefaultIdleTimeout is how long an idle connection is kept when
 	// Config.IdleTimeout is zero. Postfix reuses connections for up to
 	// 300 s, but providers drop idle sessions sooner, and an idle session

@@ -158,9 +158,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	a.payload = p
 	a.log = a.log.With("account", p.AccountID, "message_id", p.MessageID)
 
-	d, err := h.cfg.Ledger.Delivery(ctx, p.MessageID)
+	d, st, err := h.cfg.Ledger.DeliveryAndAccount(ctx, p.MessageID, p.AccountID)
 	if err != nil {
-		return fmt.Errorf("read delivery state: %w", err)
+		return fmt.Errorf("read delivery state and account health: %w", err)
 	}
 	if d.Receipt != nil {
 		a.log.Info("already delivered, not sending again", "accepted", len(d.Receipt.Accepted))
@@ -175,10 +175,6 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			fmt.Sprintf("undeliverable for %s (queue lifetime)", h.retry.Lifetime))
 	}
 
-	st, err := h.cfg.Ledger.Account(ctx, p.AccountID)
-	if err != nil {
-		return fmt.Errorf("read account health: %w", err)
-	}
 	if ok, retryAt := h.cfg.Ledger.Usable(st, now); !ok {
 		if retryAt.IsZero() {
 			retryAt = now.Add(h.retry.HeldRecheck)
@@ -198,7 +194,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if len(pending) == 0 {
 		// Every recipient has an outcome but no receipt was written (a
 		// crash between the two): complete now.
-		return h.complete(ctx, a, st, &ledger.Receipt{MessageID: p.MessageID, TaskID: a.taskID, Reply: acceptedReply(d), PossibleDuplicate: d.PossibleDuplicate})
+		return h.complete(ctx, a, st, &ledger.Receipt{MessageID: p.MessageID, TaskID: a.taskID, Reply: acceptedReply(d), PossibleDuplicate: d.PossibleDuplicate}, false)
 	}
 	data, err := p.BuildMIME()
 	if err != nil {
@@ -263,12 +259,14 @@ func (h *Handler) delivered(ctx context.Context, a *attempt, st ledger.AccountSt
 	if res.Reply != nil {
 		a.log = a.log.With("smtp_code", res.Reply.Code)
 	}
-	return h.complete(ctx, a, st, r)
+	// A first attempt's receipt is the whole story; after earlier
+	// attempts the merged one is read back.
+	return h.complete(ctx, a, st, r, len(d.Recipients) == 0)
 }
 
 // complete writes the receipt and the task result. The receipt is written
 // before anything else: from then on a redelivered task does not send.
-func (h *Handler) complete(ctx context.Context, a *attempt, st ledger.AccountStatus, r *ledger.Receipt) error {
+func (h *Handler) complete(ctx context.Context, a *attempt, st ledger.AccountStatus, r *ledger.Receipt, whole bool) error {
 	if err := h.writeReceipt(ctx, r); err != nil {
 		// The message went out; returning an error would send it again.
 		// Log loudly and complete: asynq's acknowledgement is the second
@@ -280,9 +278,12 @@ func (h *Handler) complete(ctx context.Context, a *attempt, st ledger.AccountSta
 			a.log.Warn("could not mark the account healthy", "error", err)
 		}
 	}
-	// Read back the merged receipt (all attempts) for the result.
-	if full, err := h.cfg.Ledger.Delivery(ctx, r.MessageID); err == nil && full.Receipt != nil {
-		r = full.Receipt
+	// Unless r is whole (the first attempt's), read back the receipt
+	// merged over all attempts for the result.
+	if !whole {
+		if full, err := h.cfg.Ledger.Delivery(ctx, r.MessageID); err == nil && full.Receipt != nil {
+			r = full.Receipt
+		}
 	}
 	h.writeResult(a, r)
 	a.log.Info("delivered", "accepted", len(r.Accepted), "rejected", len(r.Rejected), "possible_duplicate", r.PossibleDuplicate)
@@ -338,7 +339,7 @@ func (h *Handler) failed(ctx context.Context, a *attempt, d *ledger.Delivery, re
 			// complete, these recipients are dead letters of their own.
 			log.Warn("remaining recipients rejected", "rejected", len(rejected), "reason", c.Reason)
 			h.recipientDeadLetter(ctx, a, rejected)
-			return h.complete(ctx, a, ledger.AccountStatus{State: ledger.AccountOK}, &ledger.Receipt{MessageID: p.MessageID, TaskID: a.taskID, Reply: acceptedReply(d), PossibleDuplicate: d.PossibleDuplicate})
+			return h.complete(ctx, a, ledger.AccountStatus{State: ledger.AccountOK}, &ledger.Receipt{MessageID: p.MessageID, TaskID: a.taskID, Reply: acceptedReply(d), PossibleDuplicate: d.PossibleDuplicate}, false)
 		}
 		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, addresses(rejected), c.Class, c.Reason)
 

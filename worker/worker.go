@@ -23,6 +23,8 @@ import (
 // Defaults for Config's zero fields.
 const (
 	DefaultConcurrency     = 10
+	// DefaultPollInterval is Config.PollInterval's default.
+	DefaultPollInterval = 50 * time.Millisecond
 	DefaultShutdownTimeout = 30 * time.Second
 )
 
@@ -81,6 +83,12 @@ type Config struct {
 	// returns: one Worker at a time may use a Metrics. Default nil: no
 	// metrics.
 	Metrics *metrics.Metrics
+	// PollInterval is how long an idle worker waits before it looks for
+	// new tasks again: the longest a message enqueued into an idle worker
+	// waits to be picked up. Each look is one Redis round trip per
+	// process. Default DefaultPollInterval (asynq's own default is a
+	// second).
+	PollInterval time.Duration
 
 	// pollInterval overrides asynq's scheduled/retry check interval (tests).
 	pollInterval time.Duration
@@ -90,6 +98,7 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.PollInterval = cmp.Or(c.PollInterval, c.pollInterval, DefaultPollInterval)
 	if len(c.Queues) == 0 {
 		c.Queues = map[string]int{tasks.DefaultQueue: 1}
 	}
@@ -171,6 +180,7 @@ func New(cfg Config) (*Worker, error) {
 	ropts := cfg.TokenSharing
 	ropts.Tokens = store
 	ropts.Sessions = store
+	ropts.IdleConnsPerAccount = cfg.Concurrency
 	var observer tasks.Observer
 	if m := cfg.Metrics; m != nil {
 		ropts.ObserverFunc = func(id string) accounts.Observer { return m.ForAccount(id) }
@@ -205,7 +215,7 @@ func New(cfg Config) (*Worker, error) {
 		RetryDelayFunc:           h.RetryDelay,
 		IsFailure:                h.IsFailure,
 		DelayedTaskCheckInterval: cfg.pollInterval,
-		TaskCheckInterval:        cfg.pollInterval,
+		TaskCheckInterval:        cfg.PollInterval,
 	})
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeSendEmail, h)
