@@ -22,9 +22,9 @@ import (
 
 // Defaults for Config's zero fields.
 const (
-	DefaultConcurrency     = 10
+	DefaultConcurrency = 10
 	// DefaultPollInterval is Config.PollInterval's default.
-	DefaultPollInterval = 50 * time.Millisecond
+	DefaultPollInterval    = 50 * time.Millisecond
 	DefaultShutdownTimeout = 30 * time.Second
 )
 
