@@ -242,7 +242,8 @@ func (ss *session) auth(ctx context.Context, tok *oauth2.Token) error {
 
 // deliver submits m on the session: RSET when the previous transaction
 // did not complete, MAIL, a RCPT for every recipient, and DATA when at
-// least one was accepted. ctx bounds it. first reports that err is the
+// least one was accepted; pipelined (deliverPipelined) when the server
+// offers PIPELINING. ctx bounds it. first reports that err is the
 // failure of the first command sent (RSET, or MAIL when no RSET was
 // needed): the message had not started.
 func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first bool, err error) {
@@ -275,6 +276,10 @@ func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first 
 			return nil, false, ss.fail(ctx, StageMail, fmt.Errorf("%w: an address is not ASCII and the server does not offer SMTPUTF8", ErrInvalidMessage))
 		}
 		opts.UTF8 = true
+	}
+	if ss.pipelining() {
+		res, first, err := ss.deliverPipelined(ctx, m, opts, first)
+		return res, first, err
 	}
 	ss.dirty = true
 	start := time.Now()
@@ -329,6 +334,12 @@ func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first 
 	}
 	ss.dirty = false
 	res.Reply = replyError(250, resp.StatusText)
+	ss.accepted(ctx, m, res)
+	return res, false, nil
+}
+
+// accepted logs the server's acceptance of m.
+func (ss *session) accepted(ctx context.Context, m *Message, res *Result) {
 	ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp message accepted",
 		append(ss.s.attrs(),
 			slog.Int("smtp_code", res.Reply.Code),
@@ -336,7 +347,6 @@ func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first 
 			slog.Int("rejected", len(m.To)-len(res.Accepted())),
 			slog.Int("size", len(m.Data)),
 			slog.Bool("reused", ss.reused))...)
-	return res, false, nil
 }
 
 // reset sends RSET and reads the reply itself: go-smtp's Client.Reset
