@@ -256,10 +256,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	table := r.markdown(cfg)
 	fmt.Fprint(stdout, table)
 	if cfg.Out != "" {
-		if err := os.WriteFile(cfg.Out, []byte(table), 0o644); err != nil {
+		if err := os.WriteFile(cfg.Out, []byte(table+keptNotes(cfg.Out)), 0o644); err != nil {
 			return fmt.Errorf("write results: %w", err)
 		}
 		fmt.Fprintf(stderr, "bench: wrote %s\n", cfg.Out)
 	}
 	return nil
+}
+
+// notesMarker starts the hand-written part of the results file (the
+// optimisation log), which a new run keeps below its table.
+const notesMarker = "<!-- notes: kept by make bench -->"
+
+// keptNotes returns the hand-written part of the results file at path,
+// from notesMarker on, or "" if there is none.
+func keptNotes(path string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if i := strings.Index(string(old), notesMarker); i >= 0 {
+		return "\n" + string(old[i:])
+	}
+	return ""
 }

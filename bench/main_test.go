@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -143,4 +144,18 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("smoke mode judged targets:\n%s", table)
 	}
 	t.Logf("\n%s", table)
+}
+
+func TestKeptNotesSurviveANewRun(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "RESULTS.md")
+	if got := keptNotes(path); got != "" {
+		t.Errorf("keptNotes of a missing file = %q", got)
+	}
+	if err := os.WriteFile(path, []byte("| old table |\n\n"+notesMarker+"\n## Before and after\nfigures\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := keptNotes(path), "\n"+notesMarker+"\n## Before and after\nfigures\n"; got != want {
+		t.Errorf("keptNotes = %q, want %q", got, want)
+	}
 }
