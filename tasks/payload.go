@@ -68,38 +68,51 @@ func DecodePayload(data []byte) (*Payload, error) {
 //
 // JSON field names are matched case-insensitively, as encoding/json does.
 func DecodePayloadLimits(data []byte, l Limits) (*Payload, error) {
-	// The version decides how to read the rest, so look at it first: a
-	// newer payload must fail as "unsupported version", not as "unknown
-	// field".
-	var head struct {
-		V json.RawMessage `json:"v"`
-	}
-	if err := json.Unmarshal(data, &head); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidPayload, err)
-	}
-	if head.V == nil || bytes.Equal(head.V, []byte("null")) {
-		return nil, fmt.Errorf("%w: missing version field \"v\"", ErrInvalidPayload)
-	}
-	var v int
-	if err := json.Unmarshal(head.V, &v); err != nil {
-		return nil, fmt.Errorf("%w: version field \"v\" is not an integer", ErrInvalidPayload)
-	}
-	if v != PayloadVersion {
-		return nil, fmt.Errorf("%w: %w %d (this build reads version %d)",
-			ErrInvalidPayload, ErrUnsupportedVersion, v, PayloadVersion)
-	}
-
+	// One strict pass reads a payload of this version. Only when it fails
+	// is the version looked at on its own, so that a newer payload fails
+	// as "unsupported version", not as "unknown field".
+	p := new(Payload)
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	p := new(Payload)
-	if err := dec.Decode(p); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidPayload, err)
+	err := dec.Decode(p)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalidPayload)
+	if err != nil || p.Version != PayloadVersion {
+		if verr := checkPayloadVersion(data); verr != nil {
+			return nil, verr
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidPayload, err)
 	}
 	if err := p.ValidateLimits(l); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPayload, err)
 	}
 	return p, nil
+}
+
+// checkPayloadVersion reads only the version field "v" of a payload and
+// says whether this build reads it.
+func checkPayloadVersion(data []byte) error {
+	var head struct {
+		V json.RawMessage `json:"v"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidPayload, err)
+	}
+	if head.V == nil || bytes.Equal(head.V, []byte("null")) {
+		return fmt.Errorf("%w: missing version field \"v\"", ErrInvalidPayload)
+	}
+	var v int
+	if err := json.Unmarshal(head.V, &v); err != nil {
+		return fmt.Errorf("%w: version field \"v\" is not an integer", ErrInvalidPayload)
+	}
+	if v != PayloadVersion {
+		return fmt.Errorf("%w: %w %d (this build reads version %d)",
+			ErrInvalidPayload, ErrUnsupportedVersion, v, PayloadVersion)
+	}
+	return nil
 }
