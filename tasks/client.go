@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -100,32 +101,45 @@ func (c *Client) enqueue(ctx context.Context, e *Email, opts []Option) (*Enqueue
 	return res, nil
 }
 
-// EnqueueBatch enqueues each email as Enqueue does, in order, and carries on
-// past failures: the result has one entry per email, nil for those that
-// failed, and the error joins one error per failure naming its index
-// ("emails[3]: ..."). With the IdempotencyKey option, email i gets the key
-// "<key>#<i>", so re-sending the same batch enqueues nothing new.
+// batchConcurrency is how many enqueues of a batch are in flight at once:
+// each is a Redis round trip, and a few at a time keep one connection per
+// goroutine of the client's pool busy.
+const batchConcurrency = 8
+
+// EnqueueBatch enqueues each email as Enqueue does, up to eight at a time
+// (the queue order of a batch's tasks is not guaranteed), and carries on past
+// failures: the result has one entry per email, in the order of emails, nil
+// for those that failed, and the error joins one error per failure naming
+// its index ("emails[3]: ..."). With the IdempotencyKey option, email i gets
+// the key "<key>#<i>", so re-sending the same batch enqueues nothing new.
 func (c *Client) EnqueueBatch(ctx context.Context, emails []*Email, opts ...Option) ([]*Enqueued, error) {
 	var o options
 	o.apply(opts)
 	out := make([]*Enqueued, len(emails))
-	var errs []error
+	errs := make([]error, len(emails))
+	sem := make(chan struct{}, batchConcurrency)
+	var wg sync.WaitGroup
 	for i, e := range emails {
 		if err := ctx.Err(); err != nil {
-			errs = append(errs, fmt.Errorf("enqueue batch: emails[%d:]: %w", i, err))
+			errs[i] = fmt.Errorf("enqueue batch: emails[%d:]: %w", i, err)
 			break
 		}
 		itemOpts := opts
 		if o.key != "" {
 			itemOpts = append(opts[:len(opts):len(opts)], IdempotencyKey(fmt.Sprintf("%s#%d", o.key, i)))
 		}
-		res, err := c.enqueue(ctx, e, itemOpts)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("enqueue batch: emails[%d]: %w", i, err))
-			continue
-		}
-		out[i] = res
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			res, err := c.enqueue(ctx, e, itemOpts)
+			if err != nil {
+				errs[i] = fmt.Errorf("enqueue batch: emails[%d]: %w", i, err)
+				return
+			}
+			out[i] = res
+		})
 	}
+	wg.Wait()
 	return out, errors.Join(errs...)
 }
 

@@ -3,6 +3,7 @@ package tasks_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -278,6 +279,34 @@ func TestClientEnqueueBatch(t *testing.T) {
 	}
 	if n := len(b.queued(t)); n != 3 {
 		t.Errorf("%d tasks queued, want 3", n)
+	}
+}
+
+func TestClientEnqueueBatchResultsFollowTheInputOrder(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const n = 50 // more than are enqueued at once
+	emails := make([]*tasks.Email, n)
+	for i := range emails {
+		emails[i] = validEmail()
+		emails[i].Subject = fmt.Sprintf("message %d", i)
+	}
+	res, err := b.client.EnqueueBatch(t.Context(), emails, tasks.Queue(b.queue))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		info, err := b.inspector.GetTaskInfo(b.queue, r.TaskID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := tasks.DecodePayload(info.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("message %d", i); p.Subject != want || p.MessageID != r.MessageID {
+			t.Errorf("result %d is task %s with subject %q, want %q", i, r.TaskID, p.Subject, want)
+		}
 	}
 }
 
