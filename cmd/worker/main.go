@@ -75,6 +75,7 @@ type options struct {
 	concurrency     int
 	queues          map[string]int
 	shutdownTimeout time.Duration
+	pollInterval    time.Duration
 	retry           tasks.RetryPolicy
 	ledgerPrefix    string
 	logFormat       string
@@ -110,6 +111,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.accountsFile, "accounts", env("SENDQ_ACCOUNTS", ""), "accounts file (env SENDQ_ACCOUNTS)")
 	fs.StringVar(&concurrency, "concurrency", env("SENDQ_CONCURRENCY", "10"), "messages sent at once by this process (env SENDQ_CONCURRENCY)")
 	fs.StringVar(&queues, "queues", env("SENDQ_QUEUES", "email=1"), "queues and their weights, name=weight,... (env SENDQ_QUEUES)")
+	var poll string
+	fs.StringVar(&poll, "poll-interval", env("SENDQ_POLL_INTERVAL", worker.DefaultPollInterval.String()),
+		"how often an idle worker looks for new tasks: the longest pickup delay; each look is a Redis round trip (env SENDQ_POLL_INTERVAL)")
 	fs.StringVar(&shutdown, "shutdown-timeout", env("SENDQ_SHUTDOWN_TIMEOUT", "30s"), "time in-flight sends get to finish on SIGTERM (env SENDQ_SHUTDOWN_TIMEOUT)")
 	var retryBase, retryCap, lifetime, attempts string
 	fs.StringVar(&retryBase, "retry-base", env("SENDQ_RETRY_BASE", tasks.DefaultRetryBase.String()), "first retry delay, doubled on each failure (env SENDQ_RETRY_BASE)")
@@ -172,6 +176,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	}
 	if o.retry.MaxAttempts, err = strconv.Atoi(attempts); err != nil || o.retry.MaxAttempts < 1 {
 		return o, fmt.Errorf("-max-attempts: %q is not a positive number", attempts)
+	}
+	if o.pollInterval, err = time.ParseDuration(poll); err != nil || o.pollInterval <= 0 {
+		return o, fmt.Errorf("-poll-interval: %q is not a positive duration", poll)
 	}
 	if o.shutdownTimeout, err = time.ParseDuration(shutdown); err != nil || o.shutdownTimeout < 0 {
 		return o, fmt.Errorf("-shutdown-timeout: %q is not a duration", shutdown)
@@ -269,6 +276,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Concurrency:     o.concurrency,
 		Queues:          o.queues,
 		ShutdownTimeout: o.shutdownTimeout,
+		PollInterval:    o.pollInterval,
 		Retry:           o.retry,
 		Ledger:          ledger.Options{Prefix: o.ledgerPrefix},
 		Logger:          logger,

@@ -106,6 +106,9 @@ func TestParseFlags(t *testing.T) {
 			want: func(o options) bool {
 				return o.httpAddr == "0.0.0.0:9090" && o.httpUser == "ops" && !o.httpPassword.IsZero() && o.monitoringReadOnly
 			}},
+		{name: "PollInterval", args: []string{"-accounts", "a", "-poll-interval", "200ms"}, env: withKey(nil),
+			want: func(o options) bool { return o.pollInterval == 200*time.Millisecond }},
+		{name: "BadPollInterval", args: []string{"-accounts", "a", "-poll-interval", "0s"}, env: withKey(nil), wantErr: "-poll-interval"},
 		{name: "HTTPListenerOff", args: []string{"-accounts", "a", "-http", ""}, env: withKey(map[string]string{"SENDQ_HTTP_ADDR": "0.0.0.0:9090"}),
 			want: func(o options) bool { return o.httpAddr == "" }},
 		{name: "BadTokenKey", args: []string{"-accounts", "a"}, env: map[string]string{"SENDQ_TOKEN_KEY": key[:20]},
