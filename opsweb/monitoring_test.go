@@ -3,6 +3,7 @@ package opsweb_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -244,6 +245,39 @@ func TestMonitoringAPI(t *testing.T) {
 			t.Fatalf("cross-site POST = %d %q, want 403", res.StatusCode, body)
 		}
 	})
+}
+
+// TestMonitoringRunsAndDeletesArchivedTasks: an operator requeues a dead
+// letter and deletes another from the UI's API, and asynq v0.26 does it.
+func TestMonitoringRunsAndDeletesArchivedTasks(t *testing.T) {
+	t.Parallel()
+	s := seedQueue(t)
+	h := setup(t, opsweb.Config{User: testUser, Password: testPassword})
+	insp := asynq.NewInspector(redistest.ConnOpt(testDB))
+	t.Cleanup(func() { insp.Close() })
+
+	run := request{method: http.MethodPost, path: "/monitoring/api/queues/" + s.queue + "/archived_tasks/" + s.archivedID + ":run",
+		user: testUser, pass: testPassword}
+	if res, body := do(t, h, run); res.StatusCode >= 300 {
+		t.Fatalf("run archived task = %d %q", res.StatusCode, body)
+	}
+	info, err := insp.GetTaskInfo(s.queue, s.archivedID)
+	if err != nil || info.State != asynq.TaskStatePending {
+		t.Fatalf("after run: %+v, %v; want the task pending", info, err)
+	}
+
+	// Archive it again, then delete it.
+	if err := insp.ArchiveTask(s.queue, s.archivedID); err != nil {
+		t.Fatal(err)
+	}
+	del := request{method: http.MethodDelete, path: "/monitoring/api/queues/" + s.queue + "/archived_tasks/" + s.archivedID,
+		user: testUser, pass: testPassword}
+	if res, body := do(t, h, del); res.StatusCode >= 300 {
+		t.Fatalf("delete archived task = %d %q", res.StatusCode, body)
+	}
+	if _, err := insp.GetTaskInfo(s.queue, s.archivedID); !errors.Is(err, asynq.ErrTaskNotFound) {
+		t.Errorf("after delete: %v, want ErrTaskNotFound", err)
+	}
 }
 
 // assertNoSecrets fails the test if s shows a body or a local part.
