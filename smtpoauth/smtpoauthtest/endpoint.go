@@ -169,7 +169,7 @@ func (s *Server) grantRefreshToken(r *http.Request) (*tokenResponse, *tokenError
 	newRT := ""
 	if s.cfg.RotateRefreshTokens {
 		newRT = randomToken(s.refreshPrefix())
-		s.recordIssuedLocked(IssuedRefresh, newRT)
+		s.recordIssuedLocked(IssuedRefresh, newRT, g.username, "")
 		delete(s.refresh, rt)
 		s.refresh[newRT] = &refreshGrant{clientID: g.clientID, username: g.username, scope: g.scope, family: g.family}
 	} else if s.cfg.Flavor == FlavorMicrosoft {

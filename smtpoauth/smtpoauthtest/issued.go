@@ -21,6 +21,13 @@ type IssuedToken struct {
 	Token string
 	// At is when it was issued, on the server's clock.
 	At time.Time
+	// Username is the mailbox the token is for ("" for an app-only
+	// access token).
+	Username string
+	// Grant is how an access token was obtained: the token endpoint's
+	// grant type (GrantRefreshToken and the others) or "direct" for
+	// IssueAccessToken. Empty for refresh tokens.
+	Grant string
 }
 
 // IssuedTokens returns every access and refresh token the server has
@@ -34,6 +41,7 @@ func (s *Server) IssuedTokens() []IssuedToken {
 
 // recordIssuedLocked adds a token to IssuedTokens, stamped with the server's
 // clock. The caller holds s.mu.
-func (s *Server) recordIssuedLocked(kind, token string) {
-	s.issued = append(s.issued, IssuedToken{Kind: kind, Token: token, At: s.cfg.NowFunc().Add(s.offset)})
+func (s *Server) recordIssuedLocked(kind, token, username, grant string) {
+	s.issued = append(s.issued, IssuedToken{Kind: kind, Token: token, At: s.cfg.NowFunc().Add(s.offset),
+		Username: username, Grant: grant})
 }

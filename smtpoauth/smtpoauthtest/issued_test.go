@@ -24,10 +24,10 @@ func TestIssuedTokens(t *testing.T) {
 		b.srv.Revoke(tok.RefreshToken)
 
 		want := []smtpoauthtest.IssuedToken{
-			{Kind: smtpoauthtest.IssuedRefresh, Token: rt},
-			{Kind: smtpoauthtest.IssuedRefresh, Token: tok.RefreshToken},
-			{Kind: smtpoauthtest.IssuedAccess, Token: tok.AccessToken},
-			{Kind: smtpoauthtest.IssuedAccess, Token: direct},
+			{Kind: smtpoauthtest.IssuedRefresh, Token: rt, Username: "alice@example.com"},
+			{Kind: smtpoauthtest.IssuedRefresh, Token: tok.RefreshToken, Username: "alice@example.com"},
+			{Kind: smtpoauthtest.IssuedAccess, Token: tok.AccessToken, Username: "alice@example.com", Grant: smtpoauthtest.GrantRefreshToken},
+			{Kind: smtpoauthtest.IssuedAccess, Token: direct, Username: "alice@example.com", Grant: "direct"},
 		}
 		got := b.srv.IssuedTokens()
 		if len(got) != len(want) {
@@ -36,6 +36,9 @@ func TestIssuedTokens(t *testing.T) {
 		for i := range want {
 			if got[i].Kind != want[i].Kind || got[i].Token != want[i].Token {
 				t.Errorf("token %d: kind %s, want %s (or another token)", i, got[i].Kind, want[i].Kind)
+			}
+			if got[i].Username != want[i].Username || got[i].Grant != want[i].Grant {
+				t.Errorf("token %d: for %q by grant %q, want %q by %q", i, got[i].Username, got[i].Grant, want[i].Username, want[i].Grant)
 			}
 			if !got[i].At.Equal(b.clock.Now()) {
 				t.Errorf("token %d issued at %s, want the server clock %s", i, got[i].At, b.clock.Now())

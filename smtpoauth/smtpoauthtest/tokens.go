@@ -83,7 +83,7 @@ func (s *Server) NewRefreshToken(clientID, username string) string {
 	tok := randomToken(s.refreshPrefix())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.recordIssuedLocked(IssuedRefresh, tok)
+	s.recordIssuedLocked(IssuedRefresh, tok, username, "")
 	s.refresh[tok] = &refreshGrant{
 		clientID: clientID,
 		username: username,
@@ -140,7 +140,7 @@ func (s *Server) issue(at *accessToken) string {
 	at.expiresAt = now.Add(s.cfg.AccessTokenLifetime)
 	s.mu.Lock()
 	s.access[tok] = at
-	s.recordIssuedLocked(IssuedAccess, tok)
+	s.recordIssuedLocked(IssuedAccess, tok, at.username, at.grantType)
 	s.mu.Unlock()
 	return tok
 }
