@@ -21,14 +21,14 @@ import (
 // It walks the keyspace with SCAN (on every master of a Redis Cluster), so
 // it costs a pass over the keys: an operator's call, not a worker's.
 func (s *Store) KnownAccounts(ctx context.Context) ([]string, error) {
-	p := s.opts.Prefix
 	// Each pattern with the part before the account id and, for limit
-	// keys, the end of the hash tag that follows it.
+	// keys, the end of the hash tag that follows it; derived from the key
+	// builders, so the layout has one definition.
 	kinds := []struct{ before, after string }{
-		{p + "{accounts}:account:", ""},
-		{p + "{accounts}:token:", ""},
-		{p + "{accounts}:token-keepalive:", ""},
-		{p + "{limits:", "}:"},
+		{s.accountKey(""), ""},
+		{s.tokenKey(""), ""},
+		{s.keepAliveKey(""), ""},
+		{strings.TrimSuffix(s.limitsKeyPrefix(""), "}:"), "}:"},
 	}
 	seen := make(map[string]bool)
 	for _, k := range kinds {
