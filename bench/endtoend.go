@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -20,12 +21,20 @@ type endToEndResult struct {
 	noop        sample // asynq server, no-op handler
 	naive       sample // asynq server, naiveHandler
 	sendq       sample // worker.Worker
+	// CPU seconds per message (this process and the Redis server) of
+	// each consumer, one value per round; empty when Redis does not report
+	// its CPU time.
+	noopCPU, naiveCPU, sendqCPU sample
 }
+
+// consumerNames are the names of the consumers, as -e2e-only takes them.
+var consumerNames = []string{"noop", "naive", "sendq"}
 
 // consumer is one of the three things that drain a queue.
 type consumer struct {
 	name string
 	into *sample
+	cpu  *sample // CPU seconds per message
 	// fill enqueues the i-th task on q.
 	fill func(ctx context.Context, q string, i int) error
 	// prepare readies a consumer of q (untimed) and returns how to start
@@ -70,7 +79,7 @@ func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endTo
 	}
 
 	consumers := []consumer{
-		{name: "asynq no-op", into: &r.noop, fill: fillRaw, prepare: func(q string) (func() error, func() int, func() error, error) {
+		{name: "asynq no-op", into: &r.noop, cpu: &r.noopCPU, fill: fillRaw, prepare: func(q string) (func() error, func() int, func() error, error) {
 			var n atomic.Int64
 			srv := asynqServer(q)
 			h := asynq.HandlerFunc(func(context.Context, *asynq.Task) error { n.Add(1); return nil })
@@ -78,7 +87,7 @@ func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endTo
 				func() int { return int(n.Load()) },
 				func() error { srv.Shutdown(); return nil }, nil
 		}},
-		{name: "naive go-smtp", into: &r.naive, fill: fillRaw, prepare: func(q string) (func() error, func() int, func() error, error) {
+		{name: "naive go-smtp", into: &r.naive, cpu: &r.naiveCPU, fill: fillRaw, prepare: func(q string) (func() error, func() int, func() error, error) {
 			// Already authenticated: the connections are opened untimed.
 			h, err := newNaiveHandler(b.srv, benchUser+"@example.com", c)
 			if err != nil {
@@ -89,7 +98,7 @@ func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endTo
 				delivered(),
 				func() error { srv.Shutdown(); h.close(); return nil }, nil
 		}},
-		{name: "sendq", into: &r.sendq, fill: func(ctx context.Context, q string, _ int) error {
+		{name: "sendq", into: &r.sendq, cpu: &r.sendqCPU, fill: func(ctx context.Context, q string, _ int) error {
 			_, err := tc.Enqueue(ctx, b.email(benchAccount), tasks.Queue(q))
 			return err
 		}, prepare: func(q string) (func() error, func() int, func() error, error) {
@@ -101,6 +110,11 @@ func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endTo
 		}},
 	}
 
+	// The profile is of sendq, or of the one consumer -e2e-only names.
+	profiled := "sendq"
+	if len(b.cfg.EndToEndOnly) == 1 {
+		profiled = b.cfg.EndToEndOnly[0]
+	}
 	for round := range b.cfg.Rounds {
 		order := []int{0, 1, 2}
 		if round%2 == 1 {
@@ -108,20 +122,28 @@ func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endTo
 		}
 		for _, i := range order {
 			cons := consumers[i]
-			prof := profile && b.cfg.CPUProfile != "" && cons.into == &r.sendq && round == b.cfg.Rounds-1
-			rate, err := b.drain(ctx, cons, c, prof)
+			if b.cfg.EndToEndOnly != nil && !slices.Contains(b.cfg.EndToEndOnly, consumerNames[i]) {
+				continue
+			}
+			prof := profile && b.cfg.CPUProfile != "" && consumerNames[i] == profiled && round == b.cfg.Rounds-1
+			rate, cpu, err := b.drain(ctx, cons, c, prof)
 			if err != nil {
 				return r, fmt.Errorf("end to end, concurrency %d, %s: %w", c, cons.name, err)
 			}
 			*cons.into = append(*cons.into, rate)
-			b.progress("end to end c=%d round %d/%d: %s %.0f msg/s", c, round+1, b.cfg.Rounds, cons.name, rate)
+			if cpu > 0 {
+				*cons.cpu = append(*cons.cpu, cpu)
+			}
+			b.progress("end to end c=%d round %d/%d: %s %.0f msg/s, %.0f µs CPU/msg", c, round+1, b.cfg.Rounds, cons.name, rate, cpu*1e6)
 		}
 	}
 	return r, nil
 }
 
-// drain fills a new queue with -n tasks, then times cons draining it.
-func (b *bench) drain(ctx context.Context, cons consumer, c int, profile bool) (rate float64, err error) {
+// drain fills a new queue with -n tasks, then times cons draining it. It
+// returns messages per second and the CPU seconds per message spent by this
+// process and the Redis server meanwhile (0 when Redis does not say).
+func (b *bench) drain(ctx context.Context, cons consumer, c int, profile bool) (rate, cpu float64, err error) {
 	q := b.queue(fmt.Sprintf("e2e-c%d", c))
 	defer func() {
 		if derr := b.deleteQueue(context.WithoutCancel(ctx), q); err == nil {
@@ -130,43 +152,51 @@ func (b *bench) drain(ctx context.Context, cons consumer, c int, profile bool) (
 	}()
 	n := b.cfg.Messages
 	if err := fill(ctx, n, func(ctx context.Context, i int) error { return cons.fill(ctx, q, i) }); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	logins := b.srv.Stats().Logins
 	stopProfile := func() error { return nil }
 	if profile {
 		if stopProfile, err = startCPUProfile(b.cfg.CPUProfile); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	run, count, stop, err := cons.prepare(q)
 	if err != nil {
 		stopProfile()
-		return 0, err
+		return 0, 0, err
 	}
+	clock := cpuClock{b.rdb}
+	proc0, srv0, cpuOK := clock.now(ctx)
 	start := time.Now()
 	if err := run(); err != nil {
 		stopProfile()
 		stop()
-		return 0, err
+		return 0, 0, err
 	}
 	end, werr := waitCount(ctx, "messages delivered", n, drainTimeout(n), func() (int, error) { return count(), nil })
+	proc1, srv1, cpuOK1 := clock.now(ctx)
 	perr := stopProfile()
 	serr := stop()
 	if perr != nil {
-		return 0, perr
+		return 0, 0, perr
 	}
 	if werr != nil {
-		return 0, werr
+		return 0, 0, werr
 	}
 	if serr != nil {
-		return 0, serr
+		return 0, 0, serr
 	}
 	if cons.name == "sendq" {
 		b.sendqLogins += b.srv.Stats().Logins - logins
 		b.sendqMessages += n
 	}
-	return float64(n) / end.Sub(start).Seconds(), nil
+	if cpuOK && cpuOK1 {
+		cpu = ((proc1 - proc0) + (srv1 - srv0)).Seconds() / float64(n)
+		b.progress("%s: CPU per message %.0f µs in this process, %.0f µs in Redis", cons.name,
+			(proc1-proc0).Seconds()*1e6/float64(n), (srv1-srv0).Seconds()*1e6/float64(n))
+	}
+	return float64(n) / end.Sub(start).Seconds(), cpu, nil
 }
 
 // startCPUProfile starts writing a CPU profile of this process to file and

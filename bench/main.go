@@ -75,6 +75,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -116,19 +117,20 @@ const (
 
 // config is what one run measures, from the flags.
 type config struct {
-	Messages       int    // -n, SENDQ_BENCH_N
-	EnqueueN       int    // -enqueue-n
-	Batch          int    // -batch
-	Rounds         int    // -rounds
-	Concurrency    []int  // -c
-	RSSConcurrency int    // -rss-c
-	BodyBytes      int    // -body
-	IdleSamples    int    // -idle-samples
-	RedisAddr      string // -redis, REDIS_ADDR
-	DB             int    // -db
-	Out            string // -out; "" writes no file
-	Smoke          bool   // -smoke: small, one round, no targets, no file
-	CPUProfile     string // -cpuprofile
+	Messages       int      // -n, SENDQ_BENCH_N
+	EnqueueN       int      // -enqueue-n
+	Batch          int      // -batch
+	Rounds         int      // -rounds
+	Concurrency    []int    // -c
+	RSSConcurrency int      // -rss-c
+	BodyBytes      int      // -body
+	IdleSamples    int      // -idle-samples
+	RedisAddr      string   // -redis, REDIS_ADDR
+	DB             int      // -db
+	Out            string   // -out; "" writes no file
+	Smoke          bool     // -smoke: small, one round, no targets, no file
+	CPUProfile     string   // -cpuprofile
+	EndToEndOnly   []string // -e2e-only: only these end-to-end consumers, no file
 }
 
 // parseFlags reads the command line; getenv supplies the defaults that come
@@ -158,6 +160,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&c.Out, "out", DefaultOut, `file the table is written to ("" for none; never in -smoke)`)
 	fs.BoolVar(&c.Smoke, "smoke", false, "a few hundred messages, one round, no targets, no file")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of a sendq end-to-end round to `file`")
+	only := fs.String("e2e-only", "", "measure only end to end with these consumers (`list` of noop, naive, sendq; for profiling): prints the rows, writes no file")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -182,6 +185,16 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 		c.Out = ""
 	}
 	var errs []error
+	if *only != "" {
+		c.Out = ""
+		for _, name := range strings.Split(*only, ",") {
+			name = strings.TrimSpace(name)
+			if !slices.Contains(consumerNames, name) {
+				errs = append(errs, fmt.Errorf("-e2e-only: %q is none of %s", name, strings.Join(consumerNames, ", ")))
+			}
+			c.EndToEndOnly = append(c.EndToEndOnly, name)
+		}
+	}
 	for _, s := range strings.Split(*conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -227,8 +240,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	var r results
 	r.env = collectEnv(ctx, b.rdb)
-	if r.enqueue, err = b.measureEnqueue(ctx); err != nil {
-		return err
+	if cfg.EndToEndOnly == nil {
+		if r.enqueue, err = b.measureEnqueue(ctx); err != nil {
+			return err
+		}
 	}
 	for _, c := range cfg.Concurrency {
 		e2e, err := b.measureEndToEnd(ctx, c, c == cfg.Concurrency[len(cfg.Concurrency)-1])
@@ -236,6 +251,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		r.endToEnd = append(r.endToEnd, e2e)
+	}
+	if cfg.EndToEndOnly != nil {
+		fmt.Fprint(stdout, r.endToEndRows(cfg))
+		return nil
 	}
 	r.logins, r.loginMessages = b.sendqLogins, b.sendqMessages
 	best := r.endToEnd[0]

@@ -50,6 +50,14 @@ func (s sample) rate() string {
 	return fmt.Sprintf("%.0f/s (%.0f–%.0f)", s.median(), s.min(), s.max())
 }
 
+// micros formats seconds as microseconds: "412 µs (400–430)".
+func (s sample) micros() string {
+	if len(s) == 1 {
+		return fmt.Sprintf("%.0f µs", s[0]*1e6)
+	}
+	return fmt.Sprintf("%.0f µs (%.0f–%.0f)", s.median()*1e6, s.min()*1e6, s.max()*1e6)
+}
+
 // times formats a ratio: "0.93× (0.90–0.97)".
 func (s sample) times() string {
 	if len(s) == 1 {
@@ -152,21 +160,9 @@ func (r results) markdown(cfg config) string {
 		mode, cfg.Messages, cfg.EnqueueN, cfg.BodyBytes, r.enqueue.payloadBytes)
 	fmt.Fprintf(&s, "- values: median (min–max) over the rounds; a ratio is the median of per-round ratios\n\n")
 
-	s.WriteString("| Measure | Baseline | sendq | sendq / baseline | Target | Result |\n")
-	s.WriteString("|---|---|---|---|---|---|\n")
-	row := func(measure, base, sendq, ratio, target string, pass bool) {
-		result := "MISS"
-		if pass {
-			result = "PASS"
-		}
-		if cfg.Smoke {
-			target, result = "—", "—"
-		}
-		fmt.Fprintf(&s, "| %s | %s | %s | %s | %s | %s |\n", measure, base, sendq, ratio, target, result)
-	}
-	info := func(measure, base, sendq, ratio string) {
-		fmt.Fprintf(&s, "| %s | %s | %s | %s | — | — |\n", measure, base, sendq, ratio)
-	}
+	t := table{w: &s, smoke: cfg.Smoke}
+	t.header()
+	row, info := t.row, t.info
 
 	e := r.enqueue
 	single := e.single.ratio(e.raw)
@@ -176,14 +172,7 @@ func (r results) markdown(cfg config) string {
 	row(fmt.Sprintf("Enqueue, one goroutine: EnqueueBatch of %d", cfg.Batch), "sendq Enqueue "+e.single.rate(), e.bulk.rate(), bulk.times(),
 		fmt.Sprintf("≥ %.1f× single", targetBulkVsSingle), bulk.median() >= targetBulkVsSingle)
 
-	for _, x := range r.endToEnd {
-		vsNaive := x.sendq.ratio(x.naive)
-		row(fmt.Sprintf("End to end, concurrency %d, vs naive pooled go-smtp", x.concurrency), x.naive.rate(), x.sendq.rate(), vsNaive.times(),
-			fmt.Sprintf("≥ %.1f×", targetVsNaive), vsNaive.median() >= targetVsNaive)
-		vsNoop := x.sendq.ratio(x.noop)
-		row(fmt.Sprintf("End to end, concurrency %d, vs asynq no-op drain", x.concurrency), x.noop.rate(), x.sendq.rate(), vsNoop.times(),
-			fmt.Sprintf("≥ %.2f×", targetVsNoop), vsNoop.median() >= targetVsNoop)
-	}
+	r.writeEndToEnd(t)
 
 	perMsg := 0.0
 	if r.loginMessages > 0 {
@@ -219,6 +208,70 @@ func (r results) markdown(cfg config) string {
 			fmt.Sprintf("≤ %d MiB", targetRSSBytes>>20), r.rss.peakBytes <= targetRSSBytes)
 	}
 	return s.String()
+}
+
+// endToEndRows renders the end-to-end rows alone, as a table (-e2e-only).
+func (r results) endToEndRows(cfg config) string {
+	var s strings.Builder
+	t := table{w: &s, smoke: cfg.Smoke}
+	t.header()
+	r.writeEndToEnd(t)
+	return s.String()
+}
+
+// writeEndToEnd writes the end-to-end rows to t.
+func (r results) writeEndToEnd(t table) {
+	for _, x := range r.endToEnd {
+		if len(x.naive) > 0 {
+			vsNaive := x.sendq.ratio(x.naive)
+			t.row(fmt.Sprintf("End to end, concurrency %d, vs naive pooled go-smtp", x.concurrency), x.naive.rate(), x.sendq.rate(), vsNaive.times(),
+				fmt.Sprintf("≥ %.1f×", targetVsNaive), vsNaive.median() >= targetVsNaive)
+		}
+		if len(x.noop) > 0 {
+			vsNoop := x.sendq.ratio(x.noop)
+			t.row(fmt.Sprintf("End to end, concurrency %d, vs asynq no-op drain", x.concurrency), x.noop.rate(), x.sendq.rate(), vsNoop.times(),
+				fmt.Sprintf("≥ %.2f×", targetVsNoop), vsNoop.median() >= targetVsNoop)
+		}
+		if len(x.naive) == 0 && len(x.noop) == 0 && len(x.sendq) > 0 {
+			t.info(fmt.Sprintf("End to end, concurrency %d", x.concurrency), "—", x.sendq.rate(), "—")
+		}
+	}
+	for _, x := range r.endToEnd {
+		if len(x.sendqCPU) == 0 || len(x.naiveCPU) == 0 || len(x.noopCPU) == 0 {
+			continue
+		}
+		t.info(fmt.Sprintf("CPU per message (bench process + Redis), concurrency %d: naive handler; asynq no-op", x.concurrency),
+			x.naiveCPU.micros()+"; "+x.noopCPU.micros(), x.sendqCPU.micros(),
+			x.sendqCPU.ratio(x.naiveCPU).times()+"; "+x.sendqCPU.ratio(x.noopCPU).times())
+	}
+}
+
+// table writes the rows of the results table.
+type table struct {
+	w     *strings.Builder
+	smoke bool // no targets
+}
+
+func (t table) header() {
+	t.w.WriteString("| Measure | Baseline | sendq | sendq / baseline | Target | Result |\n")
+	t.w.WriteString("|---|---|---|---|---|---|\n")
+}
+
+// row writes a measure with a target, PASS or MISS (— in smoke mode).
+func (t table) row(measure, base, sendq, ratio, target string, pass bool) {
+	result := "MISS"
+	if pass {
+		result = "PASS"
+	}
+	if t.smoke {
+		target, result = "—", "—"
+	}
+	fmt.Fprintf(t.w, "| %s | %s | %s | %s | %s | %s |\n", measure, base, sendq, ratio, target, result)
+}
+
+// info writes a measure without a target.
+func (t table) info(measure, base, sendq, ratio string) {
+	fmt.Fprintf(t.w, "| %s | %s | %s | %s | — | — |\n", measure, base, sendq, ratio)
 }
 
 // durations formats seconds as "median (min–max)" durations.
