@@ -109,10 +109,18 @@ func (s *Server) Thaw(discard bool) {
 
 // park blocks while the server is frozen. It reports whether the session
 // may go on; false means it must close its connection without replying
-// (Thaw(true), or the server is closing).
-func (s *Server) park(what string) (proceed bool) {
+// (Thaw(true), or the server is closing). Before it blocks it calls
+// beforePark, if not nil, outside its lock: the connection sends the replies
+// it holds, which were given before the freeze.
+func (s *Server) park(what string, beforePark func()) (proceed bool) {
 	s.mu.Lock()
 	g := s.freeze.gate
+	if g != nil && beforePark != nil {
+		s.mu.Unlock()
+		beforePark()
+		s.mu.Lock()
+		g = s.freeze.gate
+	}
 	if g == nil {
 		s.mu.Unlock()
 		return true

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // trackingListener remembers the connections it accepted so that Close can
@@ -17,15 +18,17 @@ type trackingListener struct {
 	net.Listener
 	tlsConfig *tls.Config // non-nil: implicit TLS
 	// park, when non-nil, is called before every write of a reply (see
-	// trackedConn.Write); false means the connection must be dropped.
-	park func(what string) bool
+	// trackedConn.Write), with the function that sends the replies held
+	// so far, which it calls before it blocks; false means the connection
+	// must be dropped.
+	park func(what string, beforePark func()) bool
 
 	mu     sync.Mutex
 	closed bool
 	conns  map[*trackedConn]struct{}
 }
 
-func newTrackingListener(l net.Listener, tlsConfig *tls.Config, park func(string) bool) *trackingListener {
+func newTrackingListener(l net.Listener, tlsConfig *tls.Config, park func(what string, beforePark func()) bool) *trackingListener {
 	return &trackingListener{Listener: l, tlsConfig: tlsConfig, park: park, conns: make(map[*trackedConn]struct{})}
 }
 
@@ -70,10 +73,22 @@ func (l *trackingListener) Close() error {
 // trackedConn is an accepted connection: the raw TCP connection, under
 // TLS if any. It is where Freeze parks the replies (a reply is one write
 // or, multi-line, a few) and where faults drop connections.
+//
+// Its writes wait in a buffer until the server next reads (or the
+// connection closes), so the replies to a group of pipelined commands leave
+// in one TCP write, as servers that offer PIPELINING send them (RFC 2920
+// §3.2; Postfix flushes its replies only when no pipelined input is left).
+// A client that waits for each reply sees no difference: the server reads
+// again right after replying.
 type trackedConn struct {
 	net.Conn
 	l    *trackingListener
 	once sync.Once
+	// wmu guards wbuf, the replies written since the server last read,
+	// and wdeadline, the write deadline last set.
+	wmu       sync.Mutex
+	wbuf      []byte
+	wdeadline time.Time
 	// closing is set once the connection is being closed or dropped:
 	// what is still written then (a TLS close_notify) is no reply and
 	// must not park.
@@ -91,17 +106,66 @@ type trackedConn struct {
 // the wire: closing marks the connection first.
 func (c *trackedConn) Write(b []byte) (int, error) {
 	if c.l.park != nil && len(b) > 0 && !c.closing.Load() && !isTLSControlRecord(b[0]) && !c.stored.Swap(false) {
-		if !c.l.park("reply") {
+		// The replies given before the server froze go out before it
+		// parks.
+		if !c.l.park("reply", func() { c.flush() }) {
 			c.drop()
 			return 0, net.ErrClosed
 		}
 	}
-	return c.Conn.Write(b)
+	c.wmu.Lock()
+	c.wbuf = append(c.wbuf, b...)
+	c.wmu.Unlock()
+	return len(b), nil
 }
 
-// Read marks the connection closing on a read error other than a timeout:
-// go-smtp closes the connection then.
+// flush writes out the buffered replies.
+func (c *trackedConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.wbuf)
+	c.wbuf = c.wbuf[:0]
+	return err
+}
+
+// SetWriteDeadline sends the buffered replies first when t comes before
+// the deadline they were written under: a writer that shortens its deadline
+// wants what it wrote out by then (crypto/tls does, around its
+// close_notify). go-smtp's deadline per reply only ever moves later.
+func (c *trackedConn) SetWriteDeadline(t time.Time) error {
+	c.flushBefore(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline is SetWriteDeadline for both directions.
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	c.flushBefore(t)
+	return c.Conn.SetDeadline(t)
+}
+
+// flushBefore flushes when the write deadline t is earlier than the one
+// in force, and records t.
+func (c *trackedConn) flushBefore(t time.Time) {
+	c.wmu.Lock()
+	earlier := !t.IsZero() && (c.wdeadline.IsZero() || t.Before(c.wdeadline))
+	c.wdeadline = t
+	c.wmu.Unlock()
+	if earlier {
+		c.flush() // an error shows at the next write or read
+	}
+}
+
+// Read sends the buffered replies, then reads. It marks the connection
+// closing on a read error other than a timeout: go-smtp closes the
+// connection then.
 func (c *trackedConn) Read(b []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		c.closing.Store(true)
+		return 0, err
+	}
 	n, err := c.Conn.Read(b)
 	if err != nil {
 		var ne net.Error
@@ -125,6 +189,7 @@ func (c *trackedConn) drop() {
 func isTLSControlRecord(b byte) bool { return b >= 20 && b <= 22 }
 
 func (c *trackedConn) Close() error {
+	c.flush() // a write error here changes nothing: the connection goes
 	c.once.Do(func() {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)

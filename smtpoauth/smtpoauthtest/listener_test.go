@@ -6,8 +6,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // parkRecorder is a trackingListener.park that counts its calls and
@@ -18,11 +20,17 @@ type parkRecorder struct {
 	proceed bool
 }
 
-func (p *parkRecorder) park(string) bool {
+func (p *parkRecorder) park(_ string, beforePark func()) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls++
-	return p.proceed
+	if p.proceed {
+		return true
+	}
+	if beforePark != nil {
+		beforePark()
+	}
+	return false
 }
 
 func (p *parkRecorder) count() int {
@@ -150,6 +158,61 @@ func TestTrackedConnParking(t *testing.T) {
 		}
 		if len(tc.l.conns) != 0 {
 			t.Error("the dropped connection is still tracked")
+		}
+	})
+}
+
+func TestTrackedConnSendsPipelinedRepliesInOneWrite(t *testing.T) {
+	t.Parallel()
+	// net.Pipe hands each Write to one Read: what the client reads at once
+	// is what the server wrote at once.
+	tc, client := pipe(&parkRecorder{proceed: true})
+	defer client.Close()
+	replies := []string{"250 2.1.0 OK\r\n", "250 2.1.5 OK\r\n", "354 Go ahead\r\n"}
+	readDone := make(chan error, 1)
+	go func() {
+		// The server reads the next command only after its replies.
+		for _, r := range replies {
+			if _, err := tc.Write([]byte(r)); err != nil {
+				readDone <- err
+				return
+			}
+		}
+		_, err := tc.Read(make([]byte, 64))
+		readDone <- err
+	}()
+	buf := make([]byte, 256)
+	n, err := client.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.Join(replies, ""); string(buf[:n]) != want {
+		t.Fatalf("first read = %q, want all three replies %q", buf[:n], want)
+	}
+	if _, err := client.Write([]byte("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readDone; err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("AShorterWriteDeadlineFlushesFirst", func(t *testing.T) {
+		tc, client := pipe(&parkRecorder{proceed: true})
+		defer client.Close()
+		got := make(chan string, 1)
+		go func() {
+			b := make([]byte, 64)
+			n, _ := client.Read(b)
+			got <- string(b[:n])
+		}()
+		tc.Write([]byte("221 bye\r\n"))
+		// crypto/tls shortens the deadline around its close_notify; what
+		// was written under the old one goes out first.
+		if err := tc.SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if s := <-got; s != "221 bye\r\n" {
+			t.Errorf("client got %q", s)
 		}
 	})
 }

@@ -202,7 +202,7 @@ func (ss *session) Data(r io.Reader) error {
 	if err != nil {
 		return err // a bare *smtp.SMTPError such as ErrDataTooLarge keeps its code
 	}
-	if !ss.s.park("storing a message") {
+	if !ss.s.park("storing a message", nil) {
 		ss.s.log.Info("smtp message discarded on thaw", "username", msg.Username, "remote", ss.remote)
 		ss.drop()
 		return errDropped
