@@ -230,8 +230,13 @@ func (s *Store) RecordRecipients(ctx context.Context, messageID, taskID string, 
 	if messageID == "" {
 		return fmt.Errorf("record recipients: %w", errEmptyMessageID)
 	}
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		return s.recordRecipients(ctx, p, messageID, taskID, accepted, acceptedReply, rejected, s.now())
+	f, err := encodeRecipients(taskID, accepted, acceptedReply, rejected, s.now())
+	if err != nil {
+		return fmt.Errorf("record recipients of %s: %w", messageID, err)
+	}
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		s.queueRecipients(ctx, p, messageID, f)
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("record recipients of %s: %w", messageID, err)
@@ -239,48 +244,75 @@ func (s *Store) RecordRecipients(ctx context.Context, messageID, taskID string, 
 	return nil
 }
 
-// recordRecipients queues on p the commands recording accepted and rejected
-// and refreshing the key's expiry.
-func (s *Store) recordRecipients(ctx context.Context, p redis.Pipeliner, messageID, taskID string, accepted []string, acceptedReply string, rejected []Rejection, at time.Time) error {
-	key := s.deliveryKey(messageID)
-	var pairs []any
+// recipientFields are the delivery-hash fields recording recipients'
+// outcomes: set holds field-value pairs for HSET (acceptances, and any other
+// field written with them), setNX the rejections' pairs, each set only if
+// the recipient has no outcome yet.
+type recipientFields struct {
+	set   []any
+	setNX [][2]any
+}
+
+// encodeRecipients returns the fields recording accepted and rejected at
+// at, or an error for an empty address.
+func encodeRecipients(taskID string, accepted []string, acceptedReply string, rejected []Rejection, at time.Time) (recipientFields, error) {
+	var f recipientFields
 	for _, a := range accepted {
 		if a == "" {
-			return errors.New("empty recipient address")
+			return f, errors.New("empty recipient address")
 		}
 		v, err := json.Marshal(recipientRecord{Address: a, State: RecipientAccepted, Reply: acceptedReply, TaskID: taskID, At: at})
 		if err != nil {
-			return err
+			return f, err
 		}
-		pairs = append(pairs, fieldRecipientPrefix+strings.ToLower(a), v)
-	}
-	if len(pairs) > 0 {
-		p.HSet(ctx, key, pairs...)
+		f.set = append(f.set, fieldRecipientPrefix+strings.ToLower(a), v)
 	}
 	for _, r := range rejected {
 		if r.Address == "" {
-			return errors.New("empty recipient address")
+			return f, errors.New("empty recipient address")
 		}
 		v, err := json.Marshal(recipientRecord{Address: r.Address, State: RecipientRejected, Reply: r.Reply, TaskID: taskID, At: at})
 		if err != nil {
-			return err
+			return f, err
 		}
-		p.HSetNX(ctx, key, fieldRecipientPrefix+strings.ToLower(r.Address), v)
+		f.setNX = append(f.setNX, [2]any{fieldRecipientPrefix + strings.ToLower(r.Address), v})
+	}
+	return f, nil
+}
+
+// queueRecipients queues on p the commands writing f to the delivery hash
+// of messageID and refreshing its expiry.
+func (s *Store) queueRecipients(ctx context.Context, p redis.Pipeliner, messageID string, f recipientFields) {
+	key := s.deliveryKey(messageID)
+	if len(f.set) > 0 {
+		p.HSet(ctx, key, f.set...)
+	}
+	for _, kv := range f.setNX {
+		p.HSetNX(ctx, key, kv[0].(string), kv[1])
 	}
 	p.PExpire(ctx, key, s.opts.DeliveryTTL)
-	return nil
 }
 
 // WriteReceipt records that the message r.MessageID is complete, and records
 // every recipient of r.Accepted and r.Rejected as RecordRecipients does, in
-// one round trip (a MULTI transaction). Write it after the server's 250 to
-// DATA; from then on the message's tasks complete without sending.
-func (s *Store) WriteReceipt(ctx context.Context, r *Receipt) error {
+// one round trip (a MULTI transaction, which it may share with other
+// callers' reads and receipts). Write it after the server's 250 to DATA;
+// from then on the message's tasks complete without sending.
+//
+// The transaction also sets the hash fields of also, keys outside the
+// ledger on the same Redis database: a worker writes its asynq task's
+// result there, in the same round trip.
+func (s *Store) WriteReceipt(ctx context.Context, r *Receipt, also ...HashField) error {
 	if r == nil {
 		return errors.New("write receipt: nil receipt")
 	}
 	if r.MessageID == "" {
 		return fmt.Errorf("write receipt: %w", errEmptyMessageID)
+	}
+	for _, f := range also {
+		if f.Key == "" || f.Field == "" {
+			return fmt.Errorf("write receipt of %s: a hash field with an empty key or field name", r.MessageID)
+		}
 	}
 	at := r.At
 	if at.IsZero() {
@@ -290,14 +322,28 @@ func (s *Store) WriteReceipt(ctx context.Context, r *Receipt) error {
 	if err != nil {
 		return fmt.Errorf("write receipt of %s: %w", r.MessageID, err)
 	}
-	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, s.deliveryKey(r.MessageID), fieldReceipt, rec)
-		return s.recordRecipients(ctx, p, r.MessageID, r.TaskID, r.Accepted, r.Reply, r.Rejected, at)
+	f, err := encodeRecipients(r.TaskID, r.Accepted, r.Reply, r.Rejected, at)
+	if err != nil {
+		return fmt.Errorf("write receipt of %s: %w", r.MessageID, err)
+	}
+	f.set = append([]any{fieldReceipt, rec}, f.set...)
+	err = s.shared(ctx, func(p redis.Pipeliner) {
+		s.queueRecipients(ctx, p, r.MessageID, f)
+		for _, h := range also {
+			p.HSet(ctx, h.Key, h.Field, h.Value)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("write receipt of %s: %w", r.MessageID, err)
 	}
 	return nil
+}
+
+// HashField is one field of a Redis hash that is not the ledger's, set by
+// WriteReceipt in its transaction.
+type HashField struct {
+	Key, Field string
+	Value      []byte
 }
 
 // MarkPossibleDuplicate records that an attempt of task taskID lost its
@@ -384,10 +430,9 @@ func (s *Store) DeliveryAndAccount(ctx context.Context, messageID, account strin
 		return nil, AccountStatus{}, fmt.Errorf("load account: %w", errEmptyAccount)
 	}
 	var dh, ah *redis.MapStringStringCmd
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	err := s.shared(ctx, func(p redis.Pipeliner) {
 		dh = p.HGetAll(ctx, s.deliveryKey(messageID))
 		ah = p.HGetAll(ctx, s.accountKey(account))
-		return nil
 	})
 	if err != nil {
 		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s and account %s: %w", messageID, account, err)

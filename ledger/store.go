@@ -109,6 +109,9 @@ func positiveOr(d, def time.Duration) time.Duration {
 type Store struct {
 	rdb  redis.UniversalClient
 	opts Options
+	// co shares round trips among concurrent hot-path operations; nil on
+	// Redis Cluster, where a transaction cannot span slots.
+	co *coalescer
 }
 
 // New returns a Store over rdb configured by opts (see Options.WithDefaults).
@@ -117,7 +120,28 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if rdb == nil {
 		panic("ledger: New called with a nil redis client")
 	}
-	return &Store{rdb: rdb, opts: opts.WithDefaults()}
+	s := &Store{rdb: rdb, opts: opts.WithDefaults()}
+	if _, cluster := rdb.(*redis.ClusterClient); !cluster {
+		s.co = &coalescer{rdb: rdb}
+	}
+	return s
+}
+
+// shared runs queue in a MULTI transaction, shared with the operations of
+// concurrent callers when it can be (see coalescer), and returns the first
+// error of its commands or of the round trip.
+func (s *Store) shared(ctx context.Context, queue func(p redis.Pipeliner)) error {
+	if s.co != nil {
+		return s.co.do(ctx, queue)
+	}
+	cmds, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		queue(p)
+		return nil
+	})
+	if ferr := firstErr(cmds, 0, len(cmds)); ferr != nil {
+		return ferr
+	}
+	return err
 }
 
 // LoadScripts loads the store's Lua scripts into the server's script cache.

@@ -35,6 +35,8 @@ type adminBundle struct {
 	store  *ledger.Store
 	queue  string
 	sender *fakeSender
+	// resultInReceipt is the worker's HandlerConfig.ResultInReceipt.
+	resultInReceipt bool
 }
 
 func setupAdmin(t *testing.T) *adminBundle {
@@ -92,7 +94,8 @@ func (b *adminBundle) startWorker(t *testing.T) {
 			}
 			return b.sender, nil
 		},
-		Ledger: b.store,
+		Ledger:          b.store,
+		ResultInReceipt: b.resultInReceipt,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -270,29 +273,37 @@ func TestAdminStatus(t *testing.T) {
 
 	t.Run("CompletedWithTheResult", func(t *testing.T) {
 		t.Parallel()
-		b := setupAdmin(t)
-		b.sender.setReply(func(_ int, m *smtpoauth.Message) (*smtpoauth.Result, error) {
-			return acceptAll(m, map[string]*smtp.SMTPError{"bob@example.org": userUnknown}), nil
-		})
-		b.startWorker(t)
-		enq := b.enqueue(t, []string{"alice@example.org", "bob@example.org"}, tasks.IdempotencyKey("ticket-1"))
-		b.waitState(t, enq.TaskID, asynq.TaskStateCompleted)
+		// Through asynq's ResultWriter, and in the receipt's transaction
+		// (the worker's way), the result asynq shows is the same.
+		for _, inReceipt := range []bool{false, true} {
+			t.Run(fmt.Sprintf("ResultInReceipt=%v", inReceipt), func(t *testing.T) {
+				t.Parallel()
+				b := setupAdmin(t)
+				b.resultInReceipt = inReceipt
+				b.sender.setReply(func(_ int, m *smtpoauth.Message) (*smtpoauth.Result, error) {
+					return acceptAll(m, map[string]*smtp.SMTPError{"bob@example.org": userUnknown}), nil
+				})
+				b.startWorker(t)
+				enq := b.enqueue(t, []string{"alice@example.org", "bob@example.org"}, tasks.IdempotencyKey("ticket-1"))
+				b.waitState(t, enq.TaskID, asynq.TaskStateCompleted)
 
-		st, err := b.admin.Status(ctx, b.queue, enq.TaskID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.State != tasks.StateCompleted || st.CompletedAt.IsZero() || st.Result == nil {
-			t.Fatalf("status %+v; want completed with a result", st)
-		}
-		want := tasks.Result{
-			MessageID: enq.MessageID,
-			Accepted:  []string{"alice@example.org"},
-			Rejected:  []tasks.Rejection{{Address: "bob@example.org", Reply: "550 5.1.1 user unknown"}},
-			Reply:     "250 2.0.0 OK queued as 42",
-		}
-		if got := *st.Result; !resultEqual(got, want) {
-			t.Errorf("result\n got %+v\nwant %+v", got, want)
+				st, err := b.admin.Status(ctx, b.queue, enq.TaskID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.State != tasks.StateCompleted || st.CompletedAt.IsZero() || st.Result == nil {
+					t.Fatalf("status %+v; want completed with a result", st)
+				}
+				want := tasks.Result{
+					MessageID: enq.MessageID,
+					Accepted:  []string{"alice@example.org"},
+					Rejected:  []tasks.Rejection{{Address: "bob@example.org", Reply: "550 5.1.1 user unknown"}},
+					Reply:     "250 2.0.0 OK queued as 42",
+				}
+				if got := *st.Result; !resultEqual(got, want) {
+					t.Errorf("result\n got %+v\nwant %+v", got, want)
+				}
+			})
 		}
 	})
 

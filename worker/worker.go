@@ -198,6 +198,8 @@ func New(cfg Config) (*Worker, error) {
 		Retry:      cfg.Retry,
 		Logger:     cfg.Logger,
 		Observer:   observer,
+		// The ledger and asynq share rdb's server and database.
+		ResultInReceipt: true,
 
 		InvalidGrantThreshold: cfg.InvalidGrantThreshold,
 		InvalidGrantWindow:    cfg.InvalidGrantWindow,
