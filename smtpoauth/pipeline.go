@@ -1,12 +1,10 @@
 package smtpoauth
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/textproto"
 	"strings"
 	"time"
 
@@ -171,16 +169,15 @@ func (ss *session) deliverPipelined(ctx context.Context, m *Message, opts *smtp.
 	if ss.trace != nil {
 		w = io.MultiWriter(ss.rc, ss.trace)
 	}
-	bw := bufio.NewWriter(w)
-	dw := textproto.NewWriter(bw).DotWriter()
-	_, err = dw.Write(m.Data)
-	ss.s.observe(StageData, start)
-	if err != nil {
+	final, err := writeData(w, m.Data)
+	if err != nil && !final {
+		ss.s.observe(StageData, start)
 		return res, false, ss.fail(ctx, StageData, err)
 	}
-	// From here on a lost reply means the message may have been delivered.
+	ss.s.observe(StageData, start)
+	// From here on a lost reply means the message may have been delivered:
+	// the write that failed, if one did, carried the final ".".
 	start = time.Now()
-	err = dw.Close() // the final ".", flushed
 	if err == nil {
 		ss.rc.SetDeadline(time.Now().Add(cfg.SubmissionTimeout))
 		code, text, _, err = ss.readReply(ss.br)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -143,10 +144,36 @@ type attempt struct {
 	retried  int
 	maxRetry int
 	payload  *Payload
-	log      *slog.Logger
+	// attrs are the attributes of every log line about the attempt; log,
+	// built from them when first needed, carries them (logger).
+	base  *slog.Logger
+	attrs []slog.Attr
+	log   *slog.Logger
 	// smtpCode is the reply code of the attempt's failure, 0 for none:
 	// the dead-letter line carries it.
 	smtpCode int
+}
+
+// with adds attributes to the attempt's log lines.
+func (a *attempt) with(attrs ...slog.Attr) {
+	a.attrs = append(a.attrs, attrs...)
+	a.log = nil
+}
+
+// logger returns the logger of the attempt's lines.
+func (a *attempt) logger() *slog.Logger {
+	if a.log == nil {
+		a.log = a.base.With(attrsToArgs(a.attrs)...)
+	}
+	return a.log
+}
+
+func attrsToArgs(attrs []slog.Attr) []any {
+	args := make([]any, len(attrs))
+	for i, at := range attrs {
+		args[i] = at
+	}
+	return args
 }
 
 // ProcessTask delivers one email:send task.
@@ -156,21 +183,22 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	a.queue, _ = asynq.GetQueueName(ctx)
 	a.retried, _ = asynq.GetRetryCount(ctx)
 	a.maxRetry, _ = asynq.GetMaxRetry(ctx)
-	a.log = h.log.With("task_id", a.taskID, "attempt", a.retried+1)
+	a.base = h.log
+	a.with(slog.String("task_id", a.taskID), slog.Int("attempt", a.retried+1))
 
 	p, err := DecodePayload(t.Payload())
 	if err != nil {
 		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassPermanentMessage, "invalid payload: "+err.Error())
 	}
 	a.payload = p
-	a.log = a.log.With("account", p.AccountID, "message_id", p.MessageID)
+	a.with(slog.String("account", p.AccountID), slog.String("message_id", p.MessageID))
 
 	d, st, err := h.cfg.Ledger.DeliveryAndAccount(ctx, p.MessageID, p.AccountID)
 	if err != nil {
 		return fmt.Errorf("read delivery state and account health: %w", err)
 	}
 	if d.Receipt != nil {
-		a.log.Info("already delivered, not sending again", "accepted", len(d.Receipt.Accepted))
+		a.logger().Info("already delivered, not sending again", "accepted", len(d.Receipt.Accepted))
 		h.writeResult(a, d.Receipt)
 		return nil
 	}
@@ -186,7 +214,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if retryAt.IsZero() {
 			retryAt = now.Add(h.retry.HeldRecheck)
 		}
-		a.log.Debug("deferred: account not usable", "state", string(st.State), "until", retryAt)
+		a.logger().Debug("deferred: account not usable", "state", string(st.State), "until", retryAt)
 		h.observe(a, OutcomeDeferred)
 		return &deferError{until: retryAt, reason: fmt.Sprintf("account %s is %s: %s", p.AccountID, st.State, st.Reason)}
 	}
@@ -242,14 +270,14 @@ func (h *Handler) delivered(ctx context.Context, a *attempt, st ledger.AccountSt
 		// The accepted recipients have it; only the deferred ones are
 		// tried again, later.
 		if err := h.cfg.Ledger.RecordRecipients(ctx, a.payload.MessageID, a.taskID, res.Accepted(), reply, rejected); err != nil {
-			a.log.Error("could not record delivered recipients; a retry may send them a second copy", "error", err)
+			a.logger().Error("could not record delivered recipients; a retry may send them a second copy", "error", err)
 		}
 		h.recipientDeadLetter(ctx, a, rejected)
 		first := deferred[0]
-		log, firstReply := a.log.With("class", smtpoauth.ClassTransient.String()), "no reply"
+		log, firstReply := a.logger().With("class", smtpoauth.ClassTransient.String()), "no reply"
 		if first.Reply != nil {
 			firstReply = smtpoauth.FormatReply(first.Reply)
-			log = a.log.With("class", smtpoauth.ClassifyReply(smtpoauth.StageRcpt, first.Reply).Class.String(), "smtp_code", first.Reply.Code)
+			log = a.logger().With("class", smtpoauth.ClassifyReply(smtpoauth.StageRcpt, first.Reply).Class.String(), "smtp_code", first.Reply.Code)
 		}
 		log.Warn("recipients deferred, will retry", "deferred", len(deferred), "accepted", len(res.Accepted()))
 		return fmt.Errorf("%d recipient(s) deferred, first %s: %s", len(deferred), first.Address, firstReply)
@@ -264,7 +292,7 @@ func (h *Handler) delivered(ctx context.Context, a *attempt, st ledger.AccountSt
 	}
 	h.recipientDeadLetter(ctx, a, rejected)
 	if res.Reply != nil {
-		a.log = a.log.With("smtp_code", res.Reply.Code)
+		a.with(slog.Int("smtp_code", res.Reply.Code))
 	}
 	// A first attempt's receipt is the whole story; after earlier
 	// attempts the merged one is read back.
@@ -286,12 +314,12 @@ func (h *Handler) complete(ctx context.Context, a *attempt, st ledger.AccountSta
 		// The message went out; returning an error would send it again.
 		// Log loudly and complete: asynq's acknowledgement is the second
 		// record of success.
-		a.log.Error("delivered but could not write the receipt; a redelivery of this task would send again", "error", err)
+		a.logger().Error("delivered but could not write the receipt; a redelivery of this task would send again", "error", err)
 		result = nil
 	}
 	if st.State != ledger.AccountOK {
 		if err := h.cfg.Ledger.Succeeded(ctx, a.payload.AccountID); err != nil {
-			a.log.Warn("could not mark the account healthy", "error", err)
+			a.logger().Warn("could not mark the account healthy", "error", err)
 		}
 	}
 	if !whole {
@@ -302,7 +330,10 @@ func (h *Handler) complete(ctx context.Context, a *attempt, st ledger.AccountSta
 	if result == nil {
 		h.writeResult(a, r)
 	}
-	a.log.Info("delivered", "accepted", len(r.Accepted), "rejected", len(r.Rejected), "possible_duplicate", r.PossibleDuplicate)
+	// One line per message: its attributes are formatted once, not kept
+	// in a logger first.
+	a.base.LogAttrs(ctx, slog.LevelInfo, "delivered", append(slices.Clip(a.attrs),
+		slog.Int("accepted", len(r.Accepted)), slog.Int("rejected", len(r.Rejected)), slog.Bool("possible_duplicate", r.PossibleDuplicate))...)
 	return nil
 }
 
@@ -354,7 +385,7 @@ func (h *Handler) failed(ctx context.Context, a *attempt, d *ledger.Delivery, re
 	c := smtpoauth.Classify(sendErr)
 	h.observe(a, c.Class.String())
 	a.smtpCode = c.Code
-	log := a.log.With("class", c.Class.String())
+	log := a.logger().With("class", c.Class.String())
 	if c.Code != 0 {
 		log = log.With("smtp_code", c.Code)
 	}
@@ -464,7 +495,7 @@ func (h *Handler) deadLetter(ctx context.Context, a *attempt, kind string, rcpts
 		// archive it where asynq may trim it silently.
 		return fmt.Errorf("%s (dead letter not recorded: %v)", reason, err)
 	}
-	log := a.log
+	log := a.logger()
 	if a.smtpCode != 0 {
 		log = log.With("smtp_code", a.smtpCode)
 	}
@@ -494,10 +525,10 @@ func (h *Handler) recipientDeadLetter(ctx context.Context, a *attempt, rejected 
 		Payload:    a.task.Payload(),
 	}
 	if err := h.cfg.Ledger.AddDeadLetter(context.WithoutCancel(ctx), dl); err != nil {
-		a.log.Error("could not record the rejected recipients as a dead letter", "error", err)
+		a.logger().Error("could not record the rejected recipients as a dead letter", "error", err)
 		return
 	}
-	a.log.Warn("recipients rejected", "rejected", len(rejected), "reason", reason,
+	a.logger().Warn("recipients rejected", "rejected", len(rejected), "reason", reason,
 		"class", dl.Class, "smtp_code", replyCode(rejected[0].Reply))
 }
 
@@ -511,7 +542,7 @@ func (h *Handler) writeResult(a *attempt, r *ledger.Receipt) {
 		_, err = w.Write(b)
 	}
 	if err != nil {
-		a.log.Warn("could not write the task result", "error", err)
+		a.logger().Warn("could not write the task result", "error", err)
 	}
 }
 

@@ -102,14 +102,14 @@ func (h *Handler) admit(ctx context.Context, a *attempt, rcpts int) (refund func
 		return nil, err
 	case !allowance.Allowed:
 		until := h.cfg.NowFunc().Add(allowance.RetryAfter + rand.N(rateJitter))
-		a.log.Debug("deferred: account limit reached", "limit", allowance.Refused.Name, "until", until)
+		a.logger().Debug("deferred: account limit reached", "limit", allowance.Refused.Name, "until", until)
 		return nil, &deferError{until: until, reason: fmt.Sprintf("account %s reached its %s of %d", acct, allowance.Refused.Name, allowance.Refused.Limit)}
 	}
 	return func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refundTimeout)
 		defer cancel()
 		if err := h.cfg.Ledger.Refund(rctx, acct, allowance, uses...); err != nil {
-			a.log.Warn("could not take back the count of a submission that did not start", "error", err)
+			a.logger().Warn("could not take back the count of a submission that did not start", "error", err)
 		}
 	}, nil
 }
@@ -118,6 +118,6 @@ func (h *Handler) admit(ctx context.Context, a *attempt, rcpts int) (refund func
 // session of the account open elsewhere.
 func (h *Handler) sessionsBusy(a *attempt, err error) error {
 	until := h.cfg.NowFunc().Add(h.sessionRecheck/2 + rand.N(h.sessionRecheck))
-	a.log.Debug("deferred: every SMTP session of the account is open elsewhere", "until", until)
+	a.logger().Debug("deferred: every SMTP session of the account is open elsewhere", "until", until)
 	return &deferError{until: until, reason: err.Error()}
 }
