@@ -231,7 +231,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		// crash between the two): complete now.
 		return h.complete(ctx, a, st, &ledger.Receipt{MessageID: p.MessageID, TaskID: a.taskID, Reply: acceptedReply(d), PossibleDuplicate: d.PossibleDuplicate}, false)
 	}
-	data, err := p.BuildMIME()
+	data, err := p.buildMIME() // DecodePayload validated p
 	if err != nil {
 		return h.deadLetter(ctx, a, ledger.DeadLetterMessage, nil, smtpoauth.ClassPermanentMessage, "build message: "+err.Error())
 	}

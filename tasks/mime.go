@@ -47,6 +47,12 @@ func (p *Payload) BuildMIME() ([]byte, error) {
 	if err := p.ValidateLimits(Limits{MaxRecipients: math.MaxInt, MaxBytes: math.MaxInt64}); err != nil {
 		return nil, fmt.Errorf("build mime: %w", err)
 	}
+	return p.buildMIME()
+}
+
+// buildMIME is BuildMIME without the validation, for a payload that
+// DecodePayload has just validated (under stricter limits): the handler's.
+func (p *Payload) buildMIME() ([]byte, error) {
 	root := p.tree()
 
 	fields := [][2]string{{"Date", p.Date.Format("Mon, 02 Jan 2006 15:04:05 -0700")}}
@@ -68,7 +74,14 @@ func (p *Payload) BuildMIME() ([]byte, error) {
 		fields = append(fields, [2]string{h.Name, mime.QEncoding.Encode("utf-8", h.Value)})
 	}
 
+	// Room for the headers and the bodies, quoted-printable or base64,
+	// at once rather than by doubling.
+	size := 1024 + len(p.Text) + len(p.HTML)
+	for _, a := range p.Attachments {
+		size += 256 + len(a.Data)*4/3
+	}
 	var b bytes.Buffer
+	b.Grow(size + size/16)
 	if err := writePart(&b, nil, root, fields); err != nil {
 		return nil, fmt.Errorf("build mime: %w", err)
 	}
