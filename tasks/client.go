@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/mail"
 	"strings"
 	"sync"
 	"time"
@@ -184,7 +183,7 @@ func newTask(e *Email, opts []Option) (*builtTask, error) {
 
 	p := &Payload{
 		Version:        PayloadVersion,
-		MessageID:      newMessageID(e.AccountID, e.From, o.key),
+		MessageID:      newMessageID(e.AccountID, c.fromAddress, o.key),
 		Date:           time.Now().Truncate(time.Second),
 		IdempotencyKey: o.key,
 		Email:          *e,
@@ -219,8 +218,9 @@ func encodePayload(p *Payload) ([]byte, error) {
 
 var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
-// newMessageID returns "<id@domain>" with the domain of from and an id of
-// 128 bits: random, or derived from the account and the idempotency key.
+// newMessageID returns "<id@domain>" with the domain of the address from
+// (its address part, "a@example.com") and an id of 128 bits: random, or
+// derived from the account and the idempotency key.
 func newMessageID(accountID, from, key string) string {
 	var id []byte
 	if key != "" {
@@ -233,16 +233,15 @@ func newMessageID(accountID, from, key string) string {
 	return "<" + strings.ToLower(idEncoding.EncodeToString(id)) + "@" + messageIDDomain(from) + ">"
 }
 
-// messageIDDomain returns the domain of the address from, or "sendq.invalid"
-// when it cannot be the right-hand side of a Message-ID.
+// messageIDDomain returns the domain of the address from ("a@example.com"),
+// or "sendq.invalid" when it cannot be the right-hand side of a Message-ID.
 func messageIDDomain(from string) string {
 	const fallback = "sendq.invalid"
-	a, err := mail.ParseAddress(from)
-	if err != nil {
+	i := strings.LastIndexByte(from, '@')
+	if i < 0 {
 		return fallback
 	}
-	i := strings.LastIndexByte(a.Address, '@')
-	domain := strings.ToLower(a.Address[i+1:])
+	domain := strings.ToLower(from[i+1:])
 	if checkMessageID("<x@"+domain+">") != "" {
 		return fallback
 	}

@@ -366,3 +366,20 @@ func TestNewTask(t *testing.T) {
 		t.Errorf("NewTask(invalid) = %v, want ErrInvalidEmail", err)
 	}
 }
+
+func TestMessageIDTakesTheDomainOfFrom(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ from, suffix string }{
+		{"Support <Support@Example.COM>", "@example.com>"},
+		{"bench@mail.example.net", "@mail.example.net>"},
+		{`"Dr. Who" <who@[192.0.2.1]>`, "@[192.0.2.1]>"},
+	} {
+		_, p, err := tasks.NewTask(&tasks.Email{AccountID: "a", From: tc.from, To: []string{"b@example.org"}, Text: "hi"})
+		if err != nil {
+			t.Fatalf("From %q: %v", tc.from, err)
+		}
+		if !strings.HasSuffix(p.MessageID, tc.suffix) || !strings.HasPrefix(p.MessageID, "<") {
+			t.Errorf("From %q: Message-ID %s, want it to end %s", tc.from, p.MessageID, tc.suffix)
+		}
+	}
+}

@@ -138,6 +138,9 @@ func (p *Payload) ValidateLimits(l Limits) error {
 type checker struct {
 	errs []error
 	more int
+	// fromAddress is the address part of Email.From once check found it
+	// valid ("a@example.com"), for the Message-ID's domain.
+	fromAddress string
 }
 
 func (c *checker) add(field, reason string) {
@@ -171,8 +174,10 @@ func (e *Email) check(c *checker, l Limits) {
 
 	if e.From == "" {
 		c.add("from", "required")
-	} else if r := checkAddress(e.From); r != "" {
+	} else if a, r := parseAddress(e.From); r != "" {
 		c.add("from", r)
+	} else {
+		c.fromAddress = a
 	}
 	lists := []struct {
 		name string
@@ -273,25 +278,32 @@ func checkHeaderText(s string, nameLen int) string {
 
 // checkAddress returns why s is not a single acceptable address, or "".
 func checkAddress(s string) string {
+	_, r := parseAddress(s)
+	return r
+}
+
+// parseAddress is checkAddress that also returns the address part of s
+// ("a@example.com") when s is valid.
+func parseAddress(s string) (addr, reason string) {
 	if r := checkHeaderText(s, 0); r != "" {
-		return r
+		return "", r
 	}
 	if len(s) > maxAddressLen {
-		return fmt.Sprintf("longer than %d bytes", maxAddressLen)
+		return "", fmt.Sprintf("longer than %d bytes", maxAddressLen)
 	}
 	a, err := mail.ParseAddress(s)
 	if err != nil {
-		return strings.TrimPrefix(err.Error(), "mail: ")
+		return "", strings.TrimPrefix(err.Error(), "mail: ")
 	}
 	for i := 0; i < len(a.Address); i++ {
 		if a.Address[i] >= utf8.RuneSelf {
-			return "non-ASCII address (SMTPUTF8) is not supported; use punycode for the domain"
+			return "", "non-ASCII address (SMTPUTF8) is not supported; use punycode for the domain"
 		}
 	}
 	if r := checkHeaderText(a.Name, 0); r != "" {
-		return "display name " + r
+		return "", "display name " + r
 	}
-	return ""
+	return a.Address, ""
 }
 
 // generatedHeaders are written by BuildMIME and cannot be set as extra

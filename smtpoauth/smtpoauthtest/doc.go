@@ -17,7 +17,9 @@
 //
 // The TLS certificate is signed by a CA generated at start; trust it with
 // CertPool (or write CACertPEM to a file). AUTH XOAUTH2 and OAUTHBEARER are
-// offered only after TLS, and MAIL, RCPT and DATA only after AUTH.
+// offered only after TLS, and MAIL, RCPT and DATA only after AUTH. The
+// server offers PIPELINING (RFC 2920) and, like the providers' servers,
+// sends the replies to a group of pipelined commands in one write.
 //
 // Set up credentials the way a user's consent or an administrator would:
 //
