@@ -67,6 +67,12 @@ func TestParseFlags(t *testing.T) {
 		{name: "BadEnvironmentNamesTheVariable", getenv: env("SENDQ_BENCH_N", "many"), wantErr: "SENDQ_BENCH_N"},
 		{name: "ZeroMessagesNamesTheFlag", args: []string{"-n", "0"}, getenv: env(), wantErr: "-n: 0"},
 		{name: "BadConcurrencyNamesTheFlag", args: []string{"-c", "10,x"}, getenv: env(), wantErr: `-c: "x"`},
+		{name: "EndToEndOnlyWritesNoFile", args: []string{"-e2e-only", "sendq, naive"}, getenv: env(), check: func(t *testing.T, c config) {
+			if !slices.Equal(c.EndToEndOnly, []string{"sendq", "naive"}) || c.Out != "" {
+				t.Errorf("EndToEndOnly %q, Out %q; want [sendq naive] and no file", c.EndToEndOnly, c.Out)
+			}
+		}},
+		{name: "EndToEndOnlyNamesAnUnknownConsumer", args: []string{"-e2e-only", "sendq,fast"}, getenv: env(), wantErr: `-e2e-only: "fast"`},
 		{name: "StrayArgumentIsRefused", args: []string{"extra"}, getenv: env(), wantErr: "unexpected argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,6 +138,7 @@ func TestSmoke(t *testing.T) {
 	for _, want := range []string{
 		"| Enqueue, one goroutine: tasks.Client.Enqueue |",
 		"| End to end, concurrency 10, vs naive pooled go-smtp |",
+		"| CPU per message (bench process + Redis), concurrency 10:",
 		"| Token grants per account per token lifetime (3 worker processes) |",
 		"| Worker peak RSS",
 		"| Idle pickup",

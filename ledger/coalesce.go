@@ -48,15 +48,16 @@ type batchOp struct {
 	// cmds are the operation's commands in the batch: [first, end).
 	first, end int
 	// done receives nil when the batch has run (err says how), or the
-	// batch this op must now lead.
+	// batch this op must now lead; nil outside a coalescer.
 	done chan []*batchOp
 }
 
 // do runs queue in a transaction shared with the operations of concurrent
 // callers and returns the first error of its commands (redis.Nil aside) or
-// the round trip's. The commands' results are read from them afterwards. ctx bounds only the
-// round trip this caller leads; a caller whose operation is waiting is
-// answered when its batch has run (bounded by the client's timeouts).
+// the round trip's. The commands' results are read from them afterwards.
+// ctx bounds only the round trip this caller leads; a caller whose
+// operation is waiting is answered when its batch has run (bounded by the
+// client's timeouts).
 func (c *coalescer) do(ctx context.Context, queue func(p redis.Pipeliner)) error {
 	op := &batchOp{queue: queue, done: make(chan []*batchOp, 1)}
 	c.mu.Lock()
@@ -79,7 +80,7 @@ func (c *coalescer) do(ctx context.Context, queue func(p redis.Pipeliner)) error
 // lead sends batch, answers its callers, and hands the operations that
 // arrived meanwhile to the first of them.
 func (c *coalescer) lead(ctx context.Context, batch []*batchOp) {
-	c.send(context.WithoutCancel(ctx), batch)
+	send(context.WithoutCancel(ctx), c.rdb, batch)
 	c.mu.Lock()
 	next := c.waiting
 	if len(next) > maxBatch {
@@ -100,9 +101,10 @@ func (c *coalescer) lead(ctx context.Context, batch []*batchOp) {
 	}
 }
 
-// send runs the operations of batch in one transaction.
-func (c *coalescer) send(ctx context.Context, batch []*batchOp) {
-	cmds, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+// send runs the operations of batch in one transaction on rdb and sets
+// each one's err.
+func send(ctx context.Context, rdb redis.UniversalClient, batch []*batchOp) {
+	cmds, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		for _, op := range batch {
 			op.first = p.Len()
 			op.queue(p)

@@ -250,7 +250,13 @@ func (s *Store) RecordRecipients(ctx context.Context, messageID, taskID string, 
 // the recipient has no outcome yet.
 type recipientFields struct {
 	set   []any
-	setNX [][2]any
+	setNX []fieldValue
+}
+
+// fieldValue is one field of a hash and its value.
+type fieldValue struct {
+	field string
+	value []byte
 }
 
 // encodeRecipients returns the fields recording accepted and rejected at
@@ -275,7 +281,7 @@ func encodeRecipients(taskID string, accepted []string, acceptedReply string, re
 		if err != nil {
 			return f, err
 		}
-		f.setNX = append(f.setNX, [2]any{fieldRecipientPrefix + strings.ToLower(r.Address), v})
+		f.setNX = append(f.setNX, fieldValue{fieldRecipientPrefix + strings.ToLower(r.Address), v})
 	}
 	return f, nil
 }
@@ -287,8 +293,8 @@ func (s *Store) queueRecipients(ctx context.Context, p redis.Pipeliner, messageI
 	if len(f.set) > 0 {
 		p.HSet(ctx, key, f.set...)
 	}
-	for _, kv := range f.setNX {
-		p.HSetNX(ctx, key, kv[0].(string), kv[1])
+	for _, fv := range f.setNX {
+		p.HSetNX(ctx, key, fv.field, fv.value)
 	}
 	p.PExpire(ctx, key, s.opts.DeliveryTTL)
 }

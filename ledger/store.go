@@ -134,14 +134,9 @@ func (s *Store) shared(ctx context.Context, queue func(p redis.Pipeliner)) error
 	if s.co != nil {
 		return s.co.do(ctx, queue)
 	}
-	cmds, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		queue(p)
-		return nil
-	})
-	if ferr := firstErr(cmds, 0, len(cmds)); ferr != nil {
-		return ferr
-	}
-	return err
+	op := &batchOp{queue: queue}
+	send(ctx, s.rdb, []*batchOp{op})
+	return op.err
 }
 
 // LoadScripts loads the store's Lua scripts into the server's script cache.

@@ -163,17 +163,9 @@ func (a *attempt) with(attrs ...slog.Attr) {
 // logger returns the logger of the attempt's lines.
 func (a *attempt) logger() *slog.Logger {
 	if a.log == nil {
-		a.log = a.base.With(attrsToArgs(a.attrs)...)
+		a.log = slog.New(a.base.Handler().WithAttrs(a.attrs))
 	}
 	return a.log
-}
-
-func attrsToArgs(attrs []slog.Attr) []any {
-	args := make([]any, len(attrs))
-	for i, at := range attrs {
-		args[i] = at
-	}
-	return args
 }
 
 // ProcessTask delivers one email:send task.
@@ -352,10 +344,10 @@ func (h *Handler) resultField(a *attempt, r *ledger.Receipt) (f ledger.HashField
 }
 
 // asynqTaskKey is the Redis hash in which asynq keeps a task, and
-// asynqResultField the field its ResultWriter writes (asynq's
-// internal/base.TaskKey and rdb.WriteResult, unchanged since v0.22);
-// TestAdminStatus/CompletedWithTheResult reads the result back through asynq's
-// Inspector.
+// asynqResultField the field its ResultWriter writes (asynq v0.26's
+// internal/base.TaskKey and rdb.WriteResult);
+// TestAdminStatus/CompletedWithTheResult reads the result back through
+// asynq's Inspector, so an upgrade that moves them fails there.
 func asynqTaskKey(queue, taskID string) string { return "asynq:{" + queue + "}:t:" + taskID }
 
 const asynqResultField = "result"
