@@ -231,9 +231,11 @@ func TestSenderPool(t *testing.T) {
 		t.Parallel()
 		b := setupPoolTest(t, nil)
 		b.send(t, 0)
-		// The server has closed the idle connection: the next MAIL on it
-		// meets EOF.
-		b.srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageMail, Drop: true, Times: 1})
+		// The server closes the idle connection (421, then EOF): the
+		// next message finds it closed before sending anything.
+		if _, err := b.srv.TimeOutIdleConnections(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		b.send(t, 1)
 		b.send(t, 2)
 		b.wantLogins(t, 2, 3)
@@ -267,7 +269,11 @@ func TestSenderPool(t *testing.T) {
 		t.Parallel()
 		b := setupPoolTest(t, nil)
 		b.send(t, 0)
-		b.srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageMail, Drop: true, Times: 2})
+		if _, err := b.srv.TimeOutIdleConnections(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		// The new connection fails at MAIL too, as a reused one would.
+		b.srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageMail, Code: 421, Enhanced: [3]int{4, 7, 0}, Times: 1})
 		_, err := b.s.Send(t.Context(), poolMessage(1))
 		requireSendError(t, err, smtpoauth.StageMail)
 		if smtpoauth.Classify(err).Class != smtpoauth.ClassTransient {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 )
 
@@ -22,8 +23,9 @@ const maxTraceLine = 4096
 //     [redacted];
 //   - during the SASL exchange, the server's 334 challenges and the
 //     client's base64 responses become [redacted];
-//   - the message content between the 354 reply to DATA and the final "."
-//     is replaced by a line giving its size.
+//   - the message content between the 354 reply to DATA and the final ".",
+//     and the chunk that follows a BDAT command (RFC 3030), is replaced by
+//     a line giving its size.
 //
 // The trace has no direction markers: SMTP is a lock-step dialogue, so the
 // lines alternate command, reply, command. The redactWriter follows that
@@ -38,6 +40,7 @@ type redactWriter struct {
 	buf   []byte
 	state traceState
 	body  int // bytes of message content withheld so far
+	chunk int // bytes of a BDAT chunk still to come
 	skip  int // lines to drop: the greeting replayed to go-smtp
 }
 
@@ -59,6 +62,17 @@ func newRedactWriter(mu *sync.Mutex, w io.Writer) *redactWriter {
 func (r *redactWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
+		if r.chunk > 0 {
+			// A chunk is counted by size, not by lines.
+			k := min(r.chunk, len(p))
+			r.body += k
+			r.chunk -= k
+			p = p[k:]
+			if r.chunk == 0 {
+				r.contentShown()
+			}
+			continue
+		}
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
 			r.buf = append(r.buf, p...)
@@ -94,10 +108,17 @@ func (r *redactWriter) flush() {
 		r.line(append(r.buf, "\r\n"...))
 		r.buf = r.buf[:0]
 	}
-	if r.state == traceBody && r.body > 0 {
-		r.emit(fmt.Appendf(nil, "[%d bytes of message content not shown]\r\n", r.body))
-		r.body = 0
+	if r.body > 0 {
+		r.contentShown()
 	}
+	r.chunk = 0
+}
+
+// contentShown writes the line that stands for the message content
+// withheld so far.
+func (r *redactWriter) contentShown() {
+	r.emit(fmt.Appendf(nil, "[%d bytes of message content not shown]\r\n", r.body))
+	r.body = 0
 }
 
 // line handles one complete line, terminator included.
@@ -119,6 +140,12 @@ func (r *redactWriter) line(l []byte) {
 			r.state = traceAuthReply
 		case bytes.EqualFold(bytes.TrimSpace(text), []byte("DATA")):
 			r.state = traceDataReply
+		case hasPrefixFold(text, "BDAT "):
+			if fields := bytes.Fields(text); len(fields) >= 2 {
+				if size, err := strconv.Atoi(string(fields[1])); err == nil && size > 0 {
+					r.chunk = size
+				}
+			}
 		}
 	case traceAuthReply:
 		if bytes.HasPrefix(text, []byte("334")) {
@@ -142,8 +169,7 @@ func (r *redactWriter) line(l []byte) {
 			r.body += len(l)
 			return
 		}
-		r.emit(fmt.Appendf(nil, "[%d bytes of message content not shown]\r\n", r.body))
-		r.body = 0
+		r.contentShown()
 		r.state = traceCommand
 	}
 	r.emit(l)

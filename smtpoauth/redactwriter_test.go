@@ -38,6 +38,11 @@ const traceDialogue = "220 smtp.example.com ESMTP\r\n" +
 	"DATA\r\n" +
 	".\r\n" +
 	"250 2.0.0 OK queued\r\n" +
+	"MAIL FROM:<alice@example.com>\r\n" +
+	"250 2.1.0 OK\r\n" +
+	"BDAT 52 LAST\r\n" +
+	"Subject: chunked and private\r\n\r\nBDAT 5\r\n.no line end" + // a chunk need not end a line
+	"250 2.0.0 OK queued\r\n" +
 	"QUIT\r\n" +
 	"221 2.0.0 closing\r\n"
 
@@ -64,6 +69,11 @@ const traceRedacted = "220 smtp.example.com ESMTP\r\n" +
 	"354 Go ahead\r\n" +
 	"[60 bytes of message content not shown]\r\n" +
 	".\r\n" +
+	"250 2.0.0 OK queued\r\n" +
+	"MAIL FROM:<alice@example.com>\r\n" +
+	"250 2.1.0 OK\r\n" +
+	"BDAT 52 LAST\r\n" +
+	"[52 bytes of message content not shown]\r\n" +
 	"250 2.0.0 OK queued\r\n" +
 	"QUIT\r\n" +
 	"221 2.0.0 closing\r\n"
@@ -129,6 +139,18 @@ func TestRedactWriter(t *testing.T) {
 		w.flush()
 		if out.String() != "AUTH XOAUTH2 [redacted]\r\n" {
 			t.Errorf("trace = %q", out.String())
+		}
+	})
+
+	t.Run("FlushCountsACutChunk", func(t *testing.T) {
+		t.Parallel()
+		var out bytes.Buffer
+		w := newRedactWriter(new(sync.Mutex), &out)
+		w.Write([]byte("BDAT 100 LAST\r\nSubject: private"))
+		w.flush()
+		w.Write([]byte("QUIT\r\n"))
+		if want := "BDAT 100 LAST\r\n[16 bytes of message content not shown]\r\nQUIT\r\n"; out.String() != want {
+			t.Errorf("trace = %q, want %q", out.String(), want)
 		}
 	})
 

@@ -243,7 +243,9 @@ func (ss *session) auth(ctx context.Context, tok *oauth2.Token) error {
 // deliver submits m on the session: RSET when the previous transaction
 // did not complete, MAIL, a RCPT for every recipient, and DATA when at
 // least one was accepted; pipelined (deliverPipelined) when the server
-// offers PIPELINING. ctx bounds it. first reports that err is the
+// offers PIPELINING; in one round trip with BDAT (deliverChunked) when it
+// offers CHUNKING too and m's lines all end in CRLF, once the server is
+// seen to have sent nothing since its last reply. ctx bounds it. first reports that err is the
 // failure of the first command sent (RSET, or MAIL when no RSET was
 // needed): the message had not started.
 func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first bool, err error) {
@@ -277,9 +279,16 @@ func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first 
 		}
 		opts.UTF8 = true
 	}
+	if ss.chunking() && chunkable(m.Data) {
+		switch ss.peer() {
+		case peerSilent:
+			return ss.deliverChunked(ctx, m, opts, first)
+		case peerSpoke:
+			return nil, first, ss.closedWhileIdle(ctx)
+		}
+	}
 	if ss.pipelining() {
-		res, first, err := ss.deliverPipelined(ctx, m, opts, first)
-		return res, first, err
+		return ss.deliverPipelined(ctx, m, opts, first)
 	}
 	ss.dirty = true
 	start := time.Now()

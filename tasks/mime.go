@@ -27,8 +27,8 @@ type part struct {
 	children    []*part     // multipart only
 }
 
-// BuildMIME renders the payload as an RFC 5322 message with CRLF line
-// endings, ready for SMTP DATA. It refuses a payload that does not validate
+// BuildMIME renders the payload as an RFC 5322 message whose every line,
+// the last one included, ends in CRLF, ready for SMTP DATA or BDAT. It refuses a payload that does not validate
 // (size limits aside: they are policy, checked by Validate and DecodePayload).
 //
 // Headers: Date, From, To, Cc, Reply-To, Subject, Message-ID and
@@ -84,6 +84,11 @@ func (p *Payload) buildMIME() ([]byte, error) {
 	b.Grow(size + size/16)
 	if err := writePart(&b, nil, root, fields); err != nil {
 		return nil, fmt.Errorf("build mime: %w", err)
+	}
+	if !bytes.HasSuffix(b.Bytes(), []byte("\r\n")) {
+		// The last line ends like the others: BDAT sends the message
+		// as it is (DATA would add the CRLF).
+		b.WriteString("\r\n")
 	}
 	return b.Bytes(), nil
 }

@@ -87,9 +87,13 @@ func walk(t testing.TB, e *message.Entity) *node {
 	return n
 }
 
-// checkCRLF fails on a bare LF or a bare CR.
+// checkCRLF fails on a bare LF or a bare CR, and on a last line without
+// its CRLF (BDAT sends the message as it is).
 func checkCRLF(t testing.TB, raw []byte) {
 	t.Helper()
+	if !bytes.HasSuffix(raw, []byte("\r\n")) {
+		t.Fatalf("the message ends in %q, not a CRLF", raw[max(0, len(raw)-20):])
+	}
 	for i, b := range raw {
 		if b == '\n' && (i == 0 || raw[i-1] != '\r') {
 			t.Fatalf("bare LF at byte %d: %q", i, raw[max(0, i-20):i+1])

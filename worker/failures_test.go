@@ -314,9 +314,12 @@ func TestFailureClasses(t *testing.T) {
 			// provider, not yet for the worker's clock.
 			b.srv.Advance(2 * time.Hour)
 			// The pooled connection, authenticated before, would carry the
-			// second message without a login: drop it at MAIL, so that the
-			// sender redials (transparently) and logs in again.
-			b.srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageMail, Drop: true, Times: 1})
+			// second message without a login: the provider closes it as
+			// idle, so that the sender redials (transparently) and logs in
+			// again.
+			if _, err := b.srv.TimeOutIdleConnections(t.Context()); err != nil {
+				t.Fatal(err)
+			}
 			second := b.send(t, "delegated", "bob@example.net")
 
 			info := waitCompleted(t, b.testBundle, second.TaskID)

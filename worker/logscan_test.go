@@ -135,9 +135,13 @@ func TestLogsNeverCarrySecrets(t *testing.T) {
 		taskIDs = append(taskIDs, enq.TaskID)
 		return enq.TaskID
 	}
-	// dropPooled makes the provider drop the pooled connection at its next
-	// MAIL, so that the next send dials and logs in again.
-	dropPooled := func() { srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageMail, Drop: true, Times: 1}) }
+	// dropPooled makes the provider close the pooled connection as idle,
+	// so that the next send dials and logs in again.
+	dropPooled := func() {
+		if _, err := srv.TimeOutIdleConnections(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	lastIssued := func(kind string) string {
 		all := srv.IssuedTokens()
 		for i := len(all) - 1; i >= 0; i-- {

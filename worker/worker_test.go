@@ -322,9 +322,11 @@ func TestExpiredTokenIsRefreshedBetweenSends(t *testing.T) {
 	// The first token is now past its two seconds for the provider.
 	b.srv.Advance(3 * time.Second)
 	// The pooled connection, authenticated before, would carry the second
-	// message without a login: drop it at MAIL, so that the sender redials
-	// (transparently) and logs in again.
-	b.srv.AddFault(smtpoauthtest.Fault{Stage: smtpoauthtest.StageMail, Drop: true, Times: 1})
+	// message without a login: the provider closes it as idle, so that the
+	// sender redials (transparently) and logs in again.
+	if _, err := b.srv.TimeOutIdleConnections(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	send(2)
 	waitMessages(t, b.srv, 2)
 	if got := b.srv.Stats().TokenGrantsTotal; got != 2 {

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,7 +38,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, l: l}
+	tc := newTrackedConn(c, l)
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -97,6 +98,29 @@ type trackedConn struct {
 	// that says so (the 250 to the final ".") is written without parking,
 	// so that Freeze never separates a stored message from its 250.
 	stored atomic.Bool
+	// rmu guards reading, set while the server waits in Read, and
+	// timedOut, set by timeOut: every read from then on times out.
+	rmu      sync.Mutex
+	reading  bool
+	timedOut bool
+	// closed is closed by Close.
+	closed chan struct{}
+}
+
+func newTrackedConn(c net.Conn, l *trackingListener) *trackedConn {
+	return &trackedConn{Conn: c, l: l, closed: make(chan struct{})}
+}
+
+// timeOut makes the server's read, the one it waits in or its next, fail
+// with a timeout, as when its idle timeout passes: go-smtp then replies 421
+// 4.4.2 and closes the connection.
+func (c *trackedConn) timeOut() {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.timedOut = true
+	if c.reading {
+		c.Conn.SetReadDeadline(time.Unix(1, 0)) // wakes the read
+	}
 }
 
 // Write parks while the server is frozen, except for TLS records that are
@@ -166,7 +190,17 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		c.closing.Store(true)
 		return 0, err
 	}
+	c.rmu.Lock()
+	if c.timedOut {
+		c.rmu.Unlock()
+		return 0, os.ErrDeadlineExceeded
+	}
+	c.reading = true
+	c.rmu.Unlock()
 	n, err := c.Conn.Read(b)
+	c.rmu.Lock()
+	c.reading = false
+	c.rmu.Unlock()
 	if err != nil {
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
@@ -194,6 +228,7 @@ func (c *trackedConn) Close() error {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
 		c.l.mu.Unlock()
+		close(c.closed)
 	})
 	return c.Conn.Close()
 }

@@ -43,7 +43,7 @@ func (p *parkRecorder) count() int {
 func pipe(p *parkRecorder) (*trackedConn, net.Conn) {
 	server, client := net.Pipe()
 	l := &trackingListener{park: p.park, conns: make(map[*trackedConn]struct{})}
-	tc := &trackedConn{Conn: server, l: l}
+	tc := newTrackedConn(server, l)
 	l.conns[tc] = struct{}{}
 	return tc, client
 }
