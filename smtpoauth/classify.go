@@ -52,8 +52,9 @@ const (
 	// (too large, content refused, a sender address the mailbox may not
 	// use, an invalid message). Dead-letter it with the reason.
 	ClassPermanentMessage
-	// ClassAmbiguous: the connection was lost after the final "." of DATA,
-	// before the server's reply: the message may have been delivered.
+	// ClassAmbiguous: the connection was lost after the message was sent
+	// (the final "." of DATA, or the write carrying BDAT LAST), before the
+	// server's reply: the message may have been delivered.
 	// Retry, keep the same Message-ID and flag a possible duplicate.
 	ClassAmbiguous
 )
@@ -233,7 +234,7 @@ func Classify(err error) Classification {
 	if stage == StageDataEnd {
 		return Classification{
 			Class:  ClassAmbiguous,
-			Reason: "connection lost after the end of DATA, the message may have been delivered: " + detail(),
+			Reason: "connection lost after the message was sent (end of DATA or BDAT), before the reply: it may have been delivered: " + detail(),
 		}
 	}
 	if isCertificateError(err) {

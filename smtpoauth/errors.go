@@ -23,7 +23,7 @@ const (
 	StageMail    Stage = "mail"     // MAIL FROM
 	StageRcpt    Stage = "rcpt"     // RCPT TO (all recipients rejected)
 	StageData    Stage = "data"     // DATA command and message transfer, before the final "."
-	StageDataEnd Stage = "data-end" // the reply to the final "." (lost here: possibly delivered)
+	StageDataEnd Stage = "data-end" // the reply to the final "." or to BDAT LAST, or any reply after a one-write transaction (lost here: possibly delivered)
 	StageReset   Stage = "rset"     // RSET between messages on a reused connection
 )
 

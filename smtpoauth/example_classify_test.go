@@ -46,7 +46,7 @@ func ExampleClassify() {
 	// needs-human retry_after=0s hold="configuration"
 	//   SMTP AUTH disabled for this mailbox: 535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. — enable it in the admin center
 	// ambiguous retry_after=0s hold=""
-	//   connection lost after the end of DATA, the message may have been delivered: smtp data-end: unexpected EOF
+	//   connection lost after the message was sent (end of DATA or BDAT), before the reply: it may have been delivered: smtp data-end: unexpected EOF
 }
 
 // ClassifyReply judges one reply on its own, such as a rejected recipient

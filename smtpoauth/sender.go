@@ -323,9 +323,12 @@ func NewSender(cfg Config) (*Sender, error) {
 //   - StageReset wraps the failure of RSET on a reused connection;
 //   - StageRcpt wraps the first rejection (a *smtp.SMTPError) when every
 //     recipient was rejected;
-//   - StageDataEnd wraps the failure of the reply to the final ".": a
-//     *smtp.SMTPError when the server refused the message, a network error
-//     when the reply was lost and the message may have been delivered.
+//   - StageDataEnd wraps the failure of the reply to the final "." (or to
+//     BDAT LAST): a *smtp.SMTPError when the server refused the message, a
+//     network error when the reply was lost and the message may have been
+//     delivered. When the whole transaction went in one write (CHUNKING),
+//     a connection lost before any of its replies is reported here too,
+//     unless a reply already read showed nothing could be delivered.
 //
 // Whenever every RCPT was answered, the Result is returned too, error or
 // not. Send honours ctx: its deadline bounds every step, waiting for a

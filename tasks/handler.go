@@ -445,7 +445,7 @@ func (h *Handler) failed(ctx context.Context, a *attempt, d *ledger.Delivery, re
 		if err := h.cfg.Ledger.MarkPossibleDuplicate(ctx, p.MessageID, a.taskID); err != nil {
 			log.Warn("could not flag the possible duplicate", "error", err)
 		}
-		log.Warn("connection lost after the end of DATA: retrying, possible duplicate", "error", sendErr)
+		log.Warn("connection lost after the message was sent: retrying, possible duplicate", "error", sendErr)
 	default:
 		log.Warn("send failed, will retry", "error", sendErr)
 	}

@@ -297,7 +297,7 @@ func checkTaskLogAttrs(t *testing.T, log string) {
 		want := []string{"account", "message_id", "attempt"}
 		switch rec["msg"] {
 		case "dead-lettered", "recipients rejected", "recipients deferred, will retry", "send failed, will retry",
-			"account throttled", "connection lost after the end of DATA: retrying, possible duplicate":
+			"account throttled", "connection lost after the message was sent: retrying, possible duplicate":
 			want = append(want, "class")
 			if smtpReplyInText.MatchString(fmt.Sprint(rec["reason"], " ", rec["error"])) {
 				want = append(want, "smtp_code")

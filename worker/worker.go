@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -23,6 +24,9 @@ import (
 // Defaults for Config's zero fields.
 const (
 	DefaultConcurrency = 10
+	// ConcurrencyPerDequeueLoop is how much of Concurrency one dequeue
+	// loop serves by default (see Config.DequeueLoops).
+	ConcurrencyPerDequeueLoop = 25
 	// DefaultPollInterval is Config.PollInterval's default.
 	DefaultPollInterval    = 50 * time.Millisecond
 	DefaultShutdownTimeout = 30 * time.Second
@@ -38,6 +42,13 @@ type Config struct {
 	// Concurrency is how many messages this process sends at once.
 	// Default DefaultConcurrency.
 	Concurrency int
+	// DequeueLoops is how many asynq servers the process runs, sharing
+	// Concurrency between them. An asynq server takes tasks from Redis in
+	// one loop, one task per round trip, so at a high concurrency that
+	// loop, not the sends, sets the rate; each server adds a loop (and its
+	// own heartbeat, which the asynq web UI lists as a server). Default:
+	// one per ConcurrencyPerDequeueLoop of Concurrency, rounded up.
+	DequeueLoops int
 	// Queues maps queue names to priority weights. Default
 	// {tasks.DefaultQueue: 1}.
 	Queues map[string]int
@@ -86,7 +97,7 @@ type Config struct {
 	// PollInterval is how long an idle worker waits before it looks for
 	// new tasks again: the longest a message enqueued into an idle worker
 	// waits to be picked up. Each look is one Redis round trip per
-	// process. Default DefaultPollInterval (asynq's own default is a
+	// dequeue loop. Default DefaultPollInterval (asynq's own default is a
 	// second).
 	PollInterval time.Duration
 
@@ -97,6 +108,7 @@ type Config struct {
 // WithDefaults returns a copy of c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
 	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
+	c.DequeueLoops = cmp.Or(c.DequeueLoops, (c.Concurrency+ConcurrencyPerDequeueLoop-1)/ConcurrencyPerDequeueLoop)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	c.PollInterval = cmp.Or(c.PollInterval, c.pollInterval, DefaultPollInterval)
 	if len(c.Queues) == 0 {
@@ -121,6 +133,9 @@ func (c Config) validate() error {
 	}
 	if c.Concurrency < 0 {
 		errs = append(errs, fmt.Errorf("worker config: Concurrency %d is negative", c.Concurrency))
+	}
+	if c.DequeueLoops < 0 || c.DequeueLoops > max(c.Concurrency, 1) {
+		errs = append(errs, fmt.Errorf("worker config: DequeueLoops %d is not between 1 and Concurrency (%d)", c.DequeueLoops, c.Concurrency))
 	}
 	for q, w := range c.Queues {
 		if q == "" || w < 1 {
@@ -147,7 +162,7 @@ type Worker struct {
 	rdb      redis.UniversalClient
 	ledger   *ledger.Store
 	registry *accounts.Registry
-	srv      *asynq.Server
+	servers  []*asynq.Server // one per dequeue loop
 	mux      *asynq.ServeMux
 	handler  *tasks.Handler
 	// collectors are registered with Config.Metrics until Run returns.
@@ -208,20 +223,28 @@ func New(cfg Config) (*Worker, error) {
 		rdb.Close()
 		return nil, err
 	}
-	srv := asynq.NewServer(cfg.Redis, asynq.Config{
-		Concurrency:              cfg.Concurrency,
-		Queues:                   cfg.Queues,
-		ShutdownTimeout:          cfg.ShutdownTimeout,
-		Logger:                   asynqLogger{cfg.Logger},
-		LogLevel:                 asynq.WarnLevel,
-		RetryDelayFunc:           h.RetryDelay,
-		IsFailure:                h.IsFailure,
-		DelayedTaskCheckInterval: cfg.pollInterval,
-		TaskCheckInterval:        cfg.PollInterval,
-	})
+	// The loops share Concurrency as evenly as it divides.
+	servers := make([]*asynq.Server, cfg.DequeueLoops)
+	for i := range servers {
+		n := cfg.Concurrency / cfg.DequeueLoops
+		if i < cfg.Concurrency%cfg.DequeueLoops {
+			n++
+		}
+		servers[i] = asynq.NewServer(cfg.Redis, asynq.Config{
+			Concurrency:              n,
+			Queues:                   cfg.Queues,
+			ShutdownTimeout:          cfg.ShutdownTimeout,
+			Logger:                   asynqLogger{cfg.Logger},
+			LogLevel:                 asynq.WarnLevel,
+			RetryDelayFunc:           h.RetryDelay,
+			IsFailure:                h.IsFailure,
+			DelayedTaskCheckInterval: cfg.pollInterval,
+			TaskCheckInterval:        cfg.PollInterval,
+		})
+	}
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeSendEmail, h)
-	w := &Worker{cfg: cfg, rdb: rdb, ledger: store, registry: registry, srv: srv, mux: mux, handler: h}
+	w := &Worker{cfg: cfg, rdb: rdb, ledger: store, registry: registry, servers: servers, mux: mux, handler: h}
 	if err := w.registerCollectors(); err != nil {
 		rdb.Close()
 		return nil, err
@@ -276,6 +299,16 @@ func (w *Worker) unregisterCollectors() {
 	w.collectors = nil
 }
 
+// shutdown shuts the servers down at once, so that the shutdown timeout is
+// the whole process's, not each loop's in turn.
+func shutdown(servers []*asynq.Server) {
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		wg.Go(srv.Shutdown)
+	}
+	wg.Wait()
+}
+
 // accountLimits returns the sending limits of an account of the file, which
 // every worker enforces together (tasks.AccountLimits); none for an unknown
 // account (the handler dead-letters its mail before asking).
@@ -305,8 +338,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("redis: %w", err)
 	}
-	if err := w.srv.Start(w.mux); err != nil {
-		return fmt.Errorf("start worker: %w", err)
+	for i, srv := range w.servers {
+		if err := srv.Start(w.mux); err != nil {
+			shutdown(w.servers[:i])
+			return fmt.Errorf("start worker: %w", err)
+		}
 	}
 	keepAliveCtx, stopKeepAlive := context.WithCancel(ctx)
 	keepAliveDone := make(chan struct{})
@@ -314,11 +350,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(keepAliveDone)
 		w.registry.KeepAlive(keepAliveCtx)
 	}()
-	w.cfg.Logger.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", fmt.Sprint(w.cfg.Queues))
+	w.cfg.Logger.Info("worker started", "concurrency", w.cfg.Concurrency, "dequeue_loops", len(w.servers), "queues", fmt.Sprint(w.cfg.Queues))
 	<-ctx.Done()
 	w.cfg.Logger.Info("worker stopping", "shutdown_timeout", w.cfg.ShutdownTimeout.String())
 	stopKeepAlive()
-	w.srv.Shutdown()
+	shutdown(w.servers)
 	// The sends are over: end the pooled SMTP connections with QUIT.
 	if err := w.registry.Close(); err != nil {
 		w.cfg.Logger.Warn("closing smtp connections", "error", err)

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -48,6 +50,9 @@ type setupOptions struct {
 	tls       string            // starttls (default) or implicit
 	mechanism string            // XOAUTH2 (default) or OAUTHBEARER
 	retry     tasks.RetryPolicy // the worker's Retry; zero: the defaults
+	// concurrency and dequeueLoops are the worker's; zero: 4 and the
+	// default.
+	concurrency, dequeueLoops int
 }
 
 // setup starts a provider, writes an accounts file for it with two accounts
@@ -113,7 +118,8 @@ func setup(t *testing.T, o setupOptions) *testBundle {
 		Redis:        redistest.ConnOpt(redisDB),
 		Accounts:     file,
 		Queues:       map[string]int{queue: 1},
-		Concurrency:  4,
+		Concurrency:  cmp.Or(o.concurrency, 4),
+		DequeueLoops: o.dequeueLoops,
 		Retry:        o.retry,
 		Ledger:       ledgerOpts,
 		TokenKeys:    ledgerOpts.TokenKeys,
@@ -366,6 +372,52 @@ func TestInvalidInputIsRefusedAtEnqueue(t *testing.T) {
 	info, err := b.insp.GetQueueInfo(b.queue)
 	if err == nil && info.Size > 0 {
 		t.Errorf("queue holds %d tasks after invalid input, want 0", info.Size)
+	}
+}
+
+func TestDequeueLoopsShareConcurrency(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ concurrency, loops int }{{10, 1}, {25, 1}, {26, 2}, {50, 2}, {100, 4}} {
+		if got := (Config{Concurrency: tc.concurrency}).WithDefaults().DequeueLoops; got != tc.loops {
+			t.Errorf("default DequeueLoops for Concurrency %d = %d, want %d", tc.concurrency, got, tc.loops)
+		}
+	}
+	if err := (Config{Concurrency: 2, DequeueLoops: 3}).WithDefaults().validate(); err == nil || !strings.Contains(err.Error(), "DequeueLoops 3") {
+		t.Errorf("validate with more loops than Concurrency = %v, want an error naming DequeueLoops", err)
+	}
+
+	b := setup(t, setupOptions{concurrency: 5, dequeueLoops: 2})
+	// Two asynq servers take tasks from the queue: 3 and 2 of the 5.
+	pollFor(t, "both dequeue loops to register", func() (bool, string) {
+		servers, err := b.insp.Servers()
+		if err != nil {
+			return false, err.Error()
+		}
+		var got []int
+		for _, s := range servers {
+			if _, ok := s.Queues[b.queue]; ok {
+				got = append(got, s.Concurrency)
+			}
+		}
+		slices.Sort(got)
+		return slices.Equal(got, []int{2, 3}), fmt.Sprintf("servers on the queue have concurrency %v, want [2 3]", got)
+	})
+	const n = 20
+	for i := range n {
+		if _, err := b.client.Enqueue(context.Background(), &tasks.Email{AccountID: "app", From: "app@example.com",
+			To: []string{fmt.Sprintf("r%d@example.net", i)}, Subject: "s", Text: "t"}, tasks.Queue(b.queue)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := waitMessages(t, b.srv, n)
+	seen := map[string]int{}
+	for _, m := range msgs {
+		for _, to := range m.To {
+			seen[to]++
+		}
+	}
+	if len(seen) != n || len(msgs) != n {
+		t.Errorf("%d messages to %d recipients, want each of %d once", len(msgs), len(seen), n)
 	}
 }
 

@@ -159,7 +159,7 @@ func writeStatus(w io.Writer, st *tasks.Status) {
 			field("reply", "%s", r.Reply)
 		}
 		if r.PossibleDuplicate {
-			field("warning", "possible duplicate: an attempt lost its connection after the end of DATA")
+			field("warning", "possible duplicate: an attempt lost its connection after sending the message")
 		}
 	}
 }

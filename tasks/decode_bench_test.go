@@ -1,0 +1,26 @@
+package tasks_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/sendq/sendq/tasks"
+)
+
+// BenchmarkDecodePayload decodes and validates the payload of a one-recipient
+// message with a 1 KiB text body, as the handler does for every task.
+func BenchmarkDecodePayload(b *testing.B) {
+	task, _, err := tasks.NewTask(&tasks.Email{AccountID: "acct", From: "alice@example.com", To: []string{"bob@example.net"},
+		Subject: "benchmark", Text: strings.Repeat("lorem ipsum ", 85)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := task.Payload()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := tasks.DecodePayload(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
