@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -75,7 +76,13 @@ func (b *bench) measureEnqueue(ctx context.Context) (enqueueResult, error) {
 		}},
 	}
 	for round := range b.cfg.Rounds {
-		for _, run := range runs {
+		// A B C, then C B A: no measure always runs first after the
+		// previous round's queue was deleted.
+		order := slices.Clone(runs)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, run := range order {
 			q := b.queue("enqueue")
 			start := time.Now()
 			err := run.f(ctx, q)

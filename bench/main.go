@@ -106,7 +106,7 @@ func main() {
 // Defaults of the flags.
 const (
 	DefaultMessages       = 20000
-	DefaultEnqueueN       = 5000
+	DefaultEnqueueN       = 10000
 	DefaultBatch          = 100
 	DefaultRounds         = 3
 	DefaultConcurrency    = "10,50"

@@ -24,3 +24,16 @@ func BenchmarkDecodePayload(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkNewTask validates and encodes the same message, as Enqueue does
+// before its round trip to Redis.
+func BenchmarkNewTask(b *testing.B) {
+	e := &tasks.Email{AccountID: "acct", From: "alice@example.com", To: []string{"bob@example.net"},
+		Subject: "benchmark", Text: strings.Repeat("lorem ipsum ", 85)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := tasks.NewTask(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -47,7 +48,8 @@ type Config struct {
 	// one loop, one task per round trip, so at a high concurrency that
 	// loop, not the sends, sets the rate; each server adds a loop (and its
 	// own heartbeat, which the asynq web UI lists as a server). Default:
-	// one per ConcurrencyPerDequeueLoop of Concurrency, rounded up.
+	// one per ConcurrencyPerDequeueLoop of Concurrency, rounded up, and at
+	// most one per CPU (GOMAXPROCS): a loop feeds about a core's sends.
 	DequeueLoops int
 	// Queues maps queue names to priority weights. Default
 	// {tasks.DefaultQueue: 1}.
@@ -108,7 +110,8 @@ type Config struct {
 // WithDefaults returns a copy of c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
 	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
-	c.DequeueLoops = cmp.Or(c.DequeueLoops, (c.Concurrency+ConcurrencyPerDequeueLoop-1)/ConcurrencyPerDequeueLoop)
+	c.DequeueLoops = cmp.Or(c.DequeueLoops,
+		min((c.Concurrency+ConcurrencyPerDequeueLoop-1)/ConcurrencyPerDequeueLoop, runtime.GOMAXPROCS(0)))
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	c.PollInterval = cmp.Or(c.PollInterval, c.pollInterval, DefaultPollInterval)
 	if len(c.Queues) == 0 {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -377,9 +378,10 @@ func TestInvalidInputIsRefusedAtEnqueue(t *testing.T) {
 
 func TestDequeueLoopsShareConcurrency(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ concurrency, loops int }{{10, 1}, {25, 1}, {26, 2}, {50, 2}, {100, 4}} {
-		if got := (Config{Concurrency: tc.concurrency}).WithDefaults().DequeueLoops; got != tc.loops {
-			t.Errorf("default DequeueLoops for Concurrency %d = %d, want %d", tc.concurrency, got, tc.loops)
+	for _, tc := range []struct{ concurrency, loops int }{{10, 1}, {25, 1}, {26, 2}, {50, 2}, {100, 4}, {1000, 40}} {
+		want := min(tc.loops, runtime.GOMAXPROCS(0))
+		if got := (Config{Concurrency: tc.concurrency}).WithDefaults().DequeueLoops; got != want {
+			t.Errorf("default DequeueLoops for Concurrency %d on %d CPUs = %d, want %d", tc.concurrency, runtime.GOMAXPROCS(0), got, want)
 		}
 	}
 	if err := (Config{Concurrency: 2, DequeueLoops: 3}).WithDefaults().validate(); err == nil || !strings.Contains(err.Error(), "DequeueLoops 3") {
