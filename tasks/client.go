@@ -208,6 +208,7 @@ func newTask(e *Email, opts []Option) (*builtTask, error) {
 // or HTML body reads as itself in Redis and in asynqmon.
 func encodePayload(p *Payload) ([]byte, error) {
 	var b bytes.Buffer
+	b.Grow(512 + len(p.Text) + len(p.HTML)) // the bodies, and room for the rest
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(p); err != nil {

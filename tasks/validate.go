@@ -190,10 +190,15 @@ func (e *Email) check(c *checker, l Limits) {
 			}
 		}
 	}
-	if len(e.To)+len(e.Cc)+len(e.Bcc) == 0 {
+	switch n := len(e.To) + len(e.Cc) + len(e.Bcc); {
+	case n == 0:
 		c.add("to", "at least one recipient is required in to, cc or bcc")
-	} else if n := len(e.recipients()); n > l.MaxRecipients {
-		c.add("to", fmt.Sprintf("%d distinct recipients in to, cc and bcc exceed the limit of %d", n, l.MaxRecipients))
+	case n > l.MaxRecipients:
+		// Distinct recipients are counted only when the lists could
+		// exceed the limit: that parses every address again.
+		if d := len(e.recipients()); d > l.MaxRecipients {
+			c.add("to", fmt.Sprintf("%d distinct recipients in to, cc and bcc exceed the limit of %d", d, l.MaxRecipients))
+		}
 	}
 
 	if r := checkHeaderText(e.Subject, len("Subject")); r != "" {
