@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"strconv"
 	"time"
 
@@ -137,27 +136,10 @@ func (ss *session) deliverChunked(ctx context.Context, m *Message, opts *smtp.Ma
 		return nil, first, ss.fail(ctx, StageMail, replyError(code, text))
 	}
 
-	res := &Result{Recipients: make([]RecipientResult, 0, len(m.To))}
-	var firstRejection *smtp.SMTPError
-	for _, to := range m.To {
-		start := time.Now()
-		code, text, err := next(cfg.CommandTimeout)
-		ss.s.observe(StageRcpt, start)
-		if err != nil {
-			// A recipient whose reply was lost may have been accepted.
-			return nil, false, ss.fail(ctx, StageDataEnd, err)
-		}
-		if code/10 == 25 {
-			res.Recipients = append(res.Recipients, RecipientResult{Address: to, Accepted: true, Reply: &smtp.SMTPError{Code: 250}})
-			continue
-		}
-		reply := replyError(code, text)
-		res.Recipients = append(res.Recipients, RecipientResult{Address: to, Reply: reply})
-		if firstRejection == nil {
-			firstRejection = reply
-		}
-		ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp recipient rejected",
-			append(ss.s.attrs(), replyAttrs(reply)...)...)
+	res, firstRejection, err := ss.readRcptReplies(ctx, m.To, func() (int, string, error) { return next(cfg.CommandTimeout) })
+	if err != nil {
+		// A recipient whose reply was lost may have been accepted.
+		return nil, false, ss.fail(ctx, StageDataEnd, err)
 	}
 
 	start = time.Now()

@@ -26,9 +26,9 @@ var chunkedMessage = &smtpoauth.Message{
 	Data: []byte("Subject: hi\r\n\r\n.not-stuffed\r\n"),
 }
 
-func TestTranscriptChunkedOneRecipientRefused(t *testing.T) {
-	t.Parallel()
-	srv := startScriptServer(t, scriptHelloChunking+`
+// chunkedBurst is what the server reads of chunkedMessage: the commands
+// and the chunk, in one write.
+const chunkedBurst = `
 C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=29
 C: RCPT TO:<bob@example.com>
 C: RCPT TO:<nobody@example.com>
@@ -36,13 +36,23 @@ C: BDAT 29 LAST
 C: Subject: hi
 C:
 C: .not-stuffed
-S: 250 2.1.0 OK\r\n250 2.1.5 OK\r\n550-5.1.1 No such user\r\n550 5.1.1 Try again\r\n250 2.0.0 OK queued as 12345
+`
+
+// testMessageBurst is what the server reads of testMessage.
+const testMessageBurst = `
 C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=23
 C: RCPT TO:<bob@example.com>
 C: BDAT 23 LAST
 C: Subject: hi
 C:
 C: Hello.
+`
+
+func TestTranscriptChunkedOneRecipientRefused(t *testing.T) {
+	t.Parallel()
+	srv := startScriptServer(t, scriptHelloChunking+chunkedBurst+`
+S: 250 2.1.0 OK\r\n250 2.1.5 OK\r\n550-5.1.1 No such user\r\n550 5.1.1 Try again\r\n250 2.0.0 OK queued as 12345
+`+testMessageBurst+`
 S: 250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.0.0 OK queued as 12346
 C: QUIT
 S: 221 2.0.0 closing connection
@@ -107,24 +117,10 @@ func TestTranscriptChunkedRefusals(t *testing.T) {
 	const next = `
 C: RSET
 S: 250 2.0.0 OK
-C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=23
-C: RCPT TO:<bob@example.com>
-C: BDAT 23 LAST
-C: Subject: hi
-C:
-C: Hello.
+` + testMessageBurst + `
 S: 250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.0.0 OK queued
 C: QUIT
 S: 221 2.0.0 closing connection
-`
-	const burst = `
-C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=29
-C: RCPT TO:<bob@example.com>
-C: RCPT TO:<nobody@example.com>
-C: BDAT 29 LAST
-C: Subject: hi
-C:
-C: .not-stuffed
 `
 	for _, tc := range []struct {
 		name    string
@@ -147,7 +143,7 @@ C: .not-stuffed
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := startScriptServer(t, scriptHelloChunking+burst+"S: "+tc.replies+next)
+			srv := startScriptServer(t, scriptHelloChunking+chunkedBurst+"S: "+tc.replies+next)
 			s := pipelinedSender(t, srv, new(strings.Builder))
 			res, err := s.Send(t.Context(), chunkedMessage)
 			requireSendError(t, err, tc.stage)
@@ -173,24 +169,6 @@ C: .not-stuffed
 
 func TestTranscriptChunkedConnectionLost(t *testing.T) {
 	t.Parallel()
-	const first = `
-C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=23
-C: RCPT TO:<bob@example.com>
-C: BDAT 23 LAST
-C: Subject: hi
-C:
-C: Hello.
-S: 250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.0.0 OK queued
-`
-	const second = `
-C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=29
-C: RCPT TO:<bob@example.com>
-C: RCPT TO:<nobody@example.com>
-C: BDAT 29 LAST
-C: Subject: hi
-C:
-C: .not-stuffed
-`
 	for _, tc := range []struct {
 		name    string
 		replies string // before the connection is lost
@@ -209,7 +187,7 @@ C: .not-stuffed
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := startScriptServer(t, scriptHelloChunking+first+second+tc.replies+"\nCLOSE\n")
+			srv := startScriptServer(t, scriptHelloChunking+testMessageBurst+"S: 250 2.1.0 OK\\r\\n250 2.1.5 OK\\r\\n250 2.0.0 OK queued\n"+chunkedBurst+tc.replies+"\nCLOSE\n")
 			s := pipelinedSender(t, srv, new(strings.Builder))
 			defer s.Close()
 			if _, err := s.Send(t.Context(), testMessage); err != nil {
@@ -234,23 +212,10 @@ func TestTranscriptChunkedIdleConnectionClosedByTheServer(t *testing.T) {
 	// The server closes the idle connection with a 421 after the first
 	// message. The client sees it before sending the next one, which goes
 	// in one write on a new connection.
-	srv := startScriptServer(t, scriptHelloChunking+`
-C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=23
-C: RCPT TO:<bob@example.com>
-C: BDAT 23 LAST
-C: Subject: hi
-C:
-C: Hello.
+	srv := startScriptServer(t, scriptHelloChunking+testMessageBurst+`
 S: 250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.0.0 OK queued\r\n421 4.4.2 Idle timeout, closing connection
 CLOSE
-`, scriptHelloChunking+`
-C: MAIL FROM:<alice@example.com> BODY=8BITMIME SIZE=29
-C: RCPT TO:<bob@example.com>
-C: RCPT TO:<nobody@example.com>
-C: BDAT 29 LAST
-C: Subject: hi
-C:
-C: .not-stuffed
+`, scriptHelloChunking+chunkedBurst+`
 S: 250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.1.5 OK\r\n250 2.0.0 OK queued
 C: QUIT
 S: 221 2.0.0 closing connection

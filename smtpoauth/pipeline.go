@@ -115,28 +115,9 @@ func (ss *session) deliverPipelined(ctx context.Context, m *Message, opts *smtp.
 		return nil, first, ss.fail(ctx, StageMail, replyError(code, text))
 	}
 
-	res := &Result{Recipients: make([]RecipientResult, 0, len(m.To))}
-	var firstRejection *smtp.SMTPError
-	for _, to := range m.To {
-		start := time.Now()
-		code, text, err := next()
-		ss.s.observe(StageRcpt, start)
-		if err != nil {
-			return nil, false, ss.fail(ctx, StageRcpt, err)
-		}
-		if code/10 == 25 {
-			// Recorded as deliver records go-smtp's answer, which has no
-			// text for a positive reply.
-			res.Recipients = append(res.Recipients, RecipientResult{Address: to, Accepted: true, Reply: &smtp.SMTPError{Code: 250}})
-			continue
-		}
-		reply := replyError(code, text)
-		res.Recipients = append(res.Recipients, RecipientResult{Address: to, Reply: reply})
-		if firstRejection == nil {
-			firstRejection = reply
-		}
-		ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp recipient rejected",
-			append(ss.s.attrs(), replyAttrs(reply)...)...)
+	res, firstRejection, err := ss.readRcptReplies(ctx, m.To, next)
+	if err != nil {
+		return nil, false, ss.fail(ctx, StageRcpt, err)
 	}
 
 	start = time.Now()
@@ -193,6 +174,34 @@ func (ss *session) deliverPipelined(ctx context.Context, m *Message, opts *smtp.
 	res.Reply = replyError(250, text)
 	ss.accepted(ctx, m, res)
 	return res, false, nil
+}
+
+// readRcptReplies reads, with next, the replies to the pipelined RCPTs of
+// the addresses to, in order, and records them in a Result as deliver
+// records go-smtp's answers (which have no text for a positive reply).
+// firstRejection is the first refusal; err, the failure to read a reply.
+func (ss *session) readRcptReplies(ctx context.Context, to []string, next func() (int, string, error)) (res *Result, firstRejection *smtp.SMTPError, err error) {
+	res = &Result{Recipients: make([]RecipientResult, 0, len(to))}
+	for _, addr := range to {
+		start := time.Now()
+		code, text, err := next()
+		ss.s.observe(StageRcpt, start)
+		if err != nil {
+			return nil, nil, err
+		}
+		if code/10 == 25 {
+			res.Recipients = append(res.Recipients, RecipientResult{Address: addr, Accepted: true, Reply: &smtp.SMTPError{Code: 250}})
+			continue
+		}
+		reply := replyError(code, text)
+		res.Recipients = append(res.Recipients, RecipientResult{Address: addr, Reply: reply})
+		if firstRejection == nil {
+			firstRejection = reply
+		}
+		ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp recipient rejected",
+			append(ss.s.attrs(), replyAttrs(reply)...)...)
+	}
+	return res, firstRejection, nil
 }
 
 // endEmptyData ends, with the final "." alone, the message a server
