@@ -17,9 +17,10 @@
 //
 // The TLS certificate is signed by a CA generated at start; trust it with
 // CertPool (or write CACertPEM to a file). AUTH XOAUTH2 and OAUTHBEARER are
-// offered only after TLS, and MAIL, RCPT and DATA only after AUTH. The
-// server offers PIPELINING (RFC 2920) and, like the providers' servers,
-// sends the replies to a group of pipelined commands in one write.
+// offered only after TLS, and MAIL, RCPT and DATA (or BDAT) only after
+// AUTH. The server offers PIPELINING (RFC 2920) and CHUNKING (RFC 3030)
+// and, like the providers' servers, sends the replies to a group of
+// pipelined commands in one write.
 //
 // Set up credentials the way a user's consent or an administrator would:
 //
@@ -100,6 +101,9 @@
 // the token endpoint fail: an outage answered by a proxy (503 with
 // Retry-After and a plain body), throttling, or an OAuth2 error such as
 // invalid_grant, which x/oauth2 reports as *oauth2.RetrieveError.
+// TimeOutIdleConnections closes the open connections as the providers'
+// idle timeout does (421 4.4.2, then the end of the stream), to test a
+// client's pooled connections.
 //
 // Freeze stops every SMTP session before it writes any reply (the greeting
 // included) and before it stores a message whose DATA it has read, so that

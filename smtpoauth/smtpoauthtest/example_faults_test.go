@@ -90,3 +90,32 @@ func ExampleServer_Freeze() {
 	// send failed: true
 	// stored: 0
 }
+
+// A pooled connection closed by the provider while idle: the client finds
+// the 421 waiting when it next speaks.
+func ExampleServer_TimeOutIdleConnections() {
+	srv := smtpoauthtest.NewServer(smtpoauthtest.Config{})
+	defer srv.Close()
+
+	c, err := smtp.DialTLS(srv.SMTPSAddr, &tls.Config{RootCAs: srv.CertPool(), ServerName: "localhost"})
+	if err != nil {
+		fmt.Println("dial:", err)
+		return
+	}
+	defer c.Close()
+	if err := c.Auth(xoauth2{"alice@example.com", srv.IssueAccessToken("alice@example.com")}); err != nil {
+		fmt.Println("auth:", err)
+		return
+	}
+
+	n, err := srv.TimeOutIdleConnections(context.Background())
+	fmt.Println("closed:", n, err)
+	err = c.Mail("alice@example.com", nil)
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		fmt.Println(se.Code, se.EnhancedCode)
+	}
+	// Output:
+	// closed: 1 <nil>
+	// 421 [4 4 2]
+}
