@@ -1,7 +1,6 @@
 package smtpoauth
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -96,8 +95,8 @@ func (ss *session) deliverChunked(ctx context.Context, m *Message, opts *smtp.Ma
 
 	ss.dirty = true
 	defer ss.rc.SetDeadline(time.Time{})
-	// As with DATA, only ctx bounds writing the content.
-	ss.rc.SetDeadline(time.Time{})
+	// As with DATA, only ctx bounds writing the content: no deadline is
+	// set for the write.
 	start := time.Now()
 	err := writeChunked(ss.rc, cmds, m.Data)
 	ss.s.observe(StageData, start)
@@ -168,12 +167,8 @@ func (ss *session) deliverChunked(ctx context.Context, m *Message, opts *smtp.Ma
 // last command being the BDAT that announces it), in as few writes as the
 // buffer allows: one for a message of a few kilobytes.
 func writeChunked(w io.Writer, cmds []string, data []byte) error {
-	bw := dataWriters.Get().(*bufio.Writer)
-	bw.Reset(w)
-	defer func() {
-		bw.Reset(nil)
-		dataWriters.Put(bw)
-	}()
+	bw, release := dataWriter(w)
+	defer release()
 	for _, c := range cmds {
 		bw.WriteString(c)
 		bw.Write(crlf)

@@ -18,12 +18,8 @@ import (
 // final reports that err came from the last write, the one that carries
 // the final ".": the server may have the whole message.
 func writeData(w io.Writer, data []byte) (final bool, err error) {
-	bw := dataWriters.Get().(*bufio.Writer)
-	bw.Reset(w)
-	defer func() {
-		bw.Reset(nil)
-		dataWriters.Put(bw)
-	}()
+	bw, release := dataWriter(w)
+	defer release()
 	if !crlfLines(data) {
 		dw := textproto.NewWriter(bw).DotWriter()
 		if _, err := dw.Write(data); err != nil {
@@ -67,9 +63,21 @@ var (
 	dotCRLF = []byte(".\r\n")
 )
 
-// dataWriters holds the buffers writeData writes through: a message goes
-// out in writes of this size (TLS records), not one per line.
+// dataWriters holds the buffers a message is written through (writeData,
+// writeChunked): it goes out in writes of this size (TLS records), not one
+// per line.
 var dataWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+
+// dataWriter takes a buffer of dataWriters writing to w; release puts it
+// back.
+func dataWriter(w io.Writer) (bw *bufio.Writer, release func()) {
+	bw = dataWriters.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw, func() {
+		bw.Reset(nil)
+		dataWriters.Put(bw)
+	}
+}
 
 // crlfLines reports whether every CR in data starts a CRLF and every LF
 // ends one.

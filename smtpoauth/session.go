@@ -245,9 +245,9 @@ func (ss *session) auth(ctx context.Context, tok *oauth2.Token) error {
 // least one was accepted; pipelined (deliverPipelined) when the server
 // offers PIPELINING; in one round trip with BDAT (deliverChunked) when it
 // offers CHUNKING too and m's lines all end in CRLF, once the server is
-// seen to have sent nothing since its last reply. ctx bounds it. first reports that err is the
-// failure of the first command sent (RSET, or MAIL when no RSET was
-// needed): the message had not started.
+// seen to have sent nothing since its last reply. ctx bounds it. first
+// reports that err is the failure of the first command sent (RSET, or
+// MAIL when no RSET was needed): the message had not started.
 func (ss *session) deliver(ctx context.Context, m *Message) (res *Result, first bool, err error) {
 	release := ss.conn.bind(ctx)
 	defer release()
