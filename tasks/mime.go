@@ -28,8 +28,9 @@ type part struct {
 }
 
 // BuildMIME renders the payload as an RFC 5322 message whose every line,
-// the last one included, ends in CRLF, ready for SMTP DATA or BDAT. It refuses a payload that does not validate
-// (size limits aside: they are policy, checked by Validate and DecodePayload).
+// the last one included, ends in CRLF, ready for SMTP DATA or BDAT. It
+// refuses a payload that does not validate (size limits aside: they are
+// policy, checked by Validate and DecodePayload).
 //
 // Headers: Date, From, To, Cc, Reply-To, Subject, Message-ID and
 // MIME-Version, then the extra Headers in order. Never Bcc. Non-ASCII subject
