@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -44,7 +47,8 @@ type consumer struct {
 
 // measureEndToEnd drains -n messages at concurrency c with the asynq no-op
 // handler, the naive handler and sendq's worker, alternately, -rounds times.
-// With profile, sendq's last round is CPU-profiled into -cpuprofile.
+// With profile, sendq's last round is CPU-profiled into -cpuprofile and
+// traced into -trace.
 func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endToEndResult, error) {
 	r := endToEndResult{concurrency: c}
 	ac := asynq.NewClient(b.redisOpt)
@@ -125,7 +129,7 @@ func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endTo
 			if b.cfg.EndToEndOnly != nil && !slices.Contains(b.cfg.EndToEndOnly, consumerNames[i]) {
 				continue
 			}
-			prof := profile && b.cfg.CPUProfile != "" && consumerNames[i] == profiled && round == b.cfg.Rounds-1
+			prof := profile && (b.cfg.CPUProfile != "" || b.cfg.Trace != "") && consumerNames[i] == profiled && round == b.cfg.Rounds-1
 			rate, cpu, err := b.drain(ctx, cons, c, prof)
 			if err != nil {
 				return r, fmt.Errorf("end to end, concurrency %d, %s: %w", c, cons.name, err)
@@ -157,7 +161,7 @@ func (b *bench) drain(ctx context.Context, cons consumer, c int, profile bool) (
 	logins := b.srv.Stats().Logins
 	stopProfile := func() error { return nil }
 	if profile {
-		if stopProfile, err = startCPUProfile(b.cfg.CPUProfile); err != nil {
+		if stopProfile, err = startProfiles(b.cfg.CPUProfile, b.cfg.Trace); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -199,22 +203,45 @@ func (b *bench) drain(ctx context.Context, cons consumer, c int, profile bool) (
 	return float64(n) / end.Sub(start).Seconds(), cpu, nil
 }
 
-// startCPUProfile starts writing a CPU profile of this process to file and
-// returns the function that stops it.
-func startCPUProfile(file string) (stop func() error, err error) {
-	f, err := os.Create(file)
-	if err != nil {
-		return nil, fmt.Errorf("cpuprofile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("cpuprofile: %w", err)
-	}
-	return func() error {
-		pprof.StopCPUProfile()
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("cpuprofile: %w", err)
+// startProfiles starts writing a CPU profile of this process to cpuFile
+// and an execution trace to traceFile (either may be "") and returns the
+// function that stops both.
+func startProfiles(cpuFile, traceFile string) (stop func() error, err error) {
+	var stops []func() error
+	stopAll := func() error {
+		var errs []error
+		for _, s := range stops {
+			errs = append(errs, s())
 		}
+		return errors.Join(errs...)
+	}
+	start := func(file, what string, begin func(io.Writer) error, end func()) error {
+		if file == "" {
+			return nil
+		}
+		f, err := os.Create(file)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if err := begin(f); err != nil {
+			f.Close()
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		stops = append(stops, func() error {
+			end()
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			return nil
+		})
 		return nil
-	}, nil
+	}
+	if err := start(cpuFile, "cpuprofile", pprof.StartCPUProfile, pprof.StopCPUProfile); err != nil {
+		return nil, err
+	}
+	if err := start(traceFile, "trace", trace.Start, trace.Stop); err != nil {
+		stopAll()
+		return nil, err
+	}
+	return stopAll, nil
 }

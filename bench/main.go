@@ -10,6 +10,7 @@
 //	go run ./bench -smoke       # a few hundred messages, one round, no targets, no RESULTS.md
 //	go run ./bench -cpuprofile cpu.out && go tool pprof cpu.out
 //	go run ./bench -e2e-only sendq -c 50 -rounds 1 -cpuprofile cpu.out   # one consumer, profiled
+//	go run ./bench -e2e-only sendq -c 10 -rounds 1 -trace trace.out      # where its goroutines wait
 //
 // It needs the Redis server of the tests (REDIS_ADDR, default 127.0.0.1:6379)
 // and uses its database 11 (-db), in queues and ledger keys named
@@ -71,7 +72,10 @@
 // (or the one -e2e-only consumer's) last end-to-end round at the last
 // concurrency of -c (50 by default): the
 // in-process worker, plus the SMTP server it sends to, which shows in the
-// profile under smtpoauthtest and go-smtp's server.
+// profile under smtpoauthtest and go-smtp's server. -trace FILE writes an
+// execution trace of the same round: `go tool trace` shows how long the
+// handler goroutines ran, waited for the network, for each other and for a
+// CPU, which a CPU profile cannot.
 package main
 
 import (
@@ -137,6 +141,7 @@ type config struct {
 	Out            string   // -out; "" writes no file
 	Smoke          bool     // -smoke: small, one round, no targets, no file
 	CPUProfile     string   // -cpuprofile
+	Trace          string   // -trace
 	EndToEndOnly   []string // -e2e-only: only these end-to-end consumers, no file
 }
 
@@ -167,6 +172,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&c.Out, "out", DefaultOut, `file the table is written to ("" for none; never in -smoke)`)
 	fs.BoolVar(&c.Smoke, "smoke", false, "a few hundred messages, one round, no targets, no file")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of a sendq end-to-end round to `file`")
+	fs.StringVar(&c.Trace, "trace", "", "write an execution trace of the same round as -cpuprofile to `file` (go tool trace)")
 	only := fs.String("e2e-only", "", "measure only end to end with these consumers (`list` of noop, naive, sendq; for profiling): prints the rows, writes no file")
 	if err := fs.Parse(args); err != nil {
 		return c, err
