@@ -37,3 +37,23 @@ func BenchmarkNewTask(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBuildMIME renders the same message as BenchmarkDecodePayload's,
+// as the handler does before every send.
+func BenchmarkBuildMIME(b *testing.B) {
+	task, _, err := tasks.NewTask(&tasks.Email{AccountID: "acct", From: "alice@example.com", To: []string{"bob@example.net"},
+		Subject: "benchmark", Text: strings.Repeat("lorem ipsum ", 85)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := tasks.DecodePayload(task.Payload())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.BuildMIME(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

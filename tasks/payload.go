@@ -68,17 +68,14 @@ func DecodePayload(data []byte) (*Payload, error) {
 //
 // JSON field names are matched case-insensitively, as encoding/json does.
 func DecodePayloadLimits(data []byte, l Limits) (*Payload, error) {
-	// One strict pass reads a payload of this version. Only when it fails
+	// One pass reads a payload of this version: decodeCanonical the form
+	// this package writes, encoding/json any other. Only when that fails
 	// is the version looked at on its own, so that a newer payload fails
 	// as "unsupported version", not as "unknown field".
 	p := new(Payload)
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(p)
-	if err == nil {
-		if _, terr := dec.Token(); terr != io.EOF {
-			err = errors.New("trailing data after the JSON object")
-		}
+	var err error
+	if !decodeCanonical(data, p) {
+		p, err = decodeStrict(data)
 	}
 	if err != nil || p.Version != PayloadVersion {
 		if verr := checkPayloadVersion(data); verr != nil {
@@ -92,6 +89,21 @@ func DecodePayloadLimits(data []byte, l Limits) (*Payload, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPayload, err)
 	}
 	return p, nil
+}
+
+// decodeStrict decodes data with encoding/json, refusing unknown fields and
+// trailing data.
+func decodeStrict(data []byte) (*Payload, error) {
+	p := new(Payload)
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(p)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	return p, err
 }
 
 // checkPayloadVersion reads only the version field "v" of a payload and

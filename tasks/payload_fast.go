@@ -1,0 +1,383 @@
+package tasks
+
+import (
+	"encoding/base64"
+	"unicode/utf8"
+)
+
+// decodeCanonical decodes data into p, in one pass and without reflection,
+// when data is a payload in the form encodePayload writes: one JSON object
+// whose keys are Payload's JSON field names spelled exactly, each at most
+// once; strings without \u escapes, in valid UTF-8; no nulls; the version a
+// plain integer. It reports false for anything else, valid or not, and then
+// p holds a partial decode to be thrown away: encoding/json decides.
+//
+// Whatever it accepts, encoding/json's strict decode (DecodePayloadLimits)
+// accepts too, with an equal result: FuzzDecodeCanonical checks that. It
+// exists because encoding/json reads a payload twice (one pass to find its
+// end or check it, one to decode) and a byte at a time, and the worker
+// decodes every task it takes: this is about a fifth of the cost.
+func decodeCanonical(data []byte, p *Payload) bool {
+	r := canonicalReader{b: data}
+	if !r.consume('{') {
+		return false
+	}
+	var seen uint32
+	for {
+		key, ok := r.key()
+		if !ok {
+			return false
+		}
+		var bit uint32
+		switch string(key) {
+		case "v":
+			bit = 1 << 0
+			p.Version, ok = r.smallInt()
+		case "message_id":
+			bit = 1 << 1
+			p.MessageID, ok = r.str()
+		case "date":
+			bit = 1 << 2
+			var raw []byte
+			if raw, ok = r.rawStr(); ok {
+				ok = p.Date.UnmarshalJSON(raw) == nil
+			}
+		case "idempotency_key":
+			bit = 1 << 3
+			p.IdempotencyKey, ok = r.str()
+		case "account_id":
+			bit = 1 << 4
+			p.AccountID, ok = r.str()
+		case "from":
+			bit = 1 << 5
+			p.From, ok = r.str()
+		case "to":
+			bit = 1 << 6
+			p.To, ok = r.strs()
+		case "cc":
+			bit = 1 << 7
+			p.Cc, ok = r.strs()
+		case "bcc":
+			bit = 1 << 8
+			p.Bcc, ok = r.strs()
+		case "reply_to":
+			bit = 1 << 9
+			p.ReplyTo, ok = r.strs()
+		case "subject":
+			bit = 1 << 10
+			p.Subject, ok = r.str()
+		case "text":
+			bit = 1 << 11
+			p.Text, ok = r.str()
+		case "html":
+			bit = 1 << 12
+			p.HTML, ok = r.str()
+		case "headers":
+			bit = 1 << 13
+			p.Headers, ok = r.headers()
+		case "attachments":
+			bit = 1 << 14
+			p.Attachments, ok = r.attachments()
+		}
+		if !ok || bit == 0 || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		if r.consume('}') {
+			break
+		}
+		if !r.consume(',') {
+			return false
+		}
+	}
+	r.space()
+	return r.i == len(r.b)
+}
+
+// canonicalReader reads the JSON that decodeCanonical accepts; every method
+// skips the whitespace before its token and reports false where that JSON
+// ends.
+type canonicalReader struct {
+	b []byte
+	i int
+}
+
+func (r *canonicalReader) space() {
+	for r.i < len(r.b) {
+		switch r.b[r.i] {
+		case ' ', '\t', '\n', '\r':
+			r.i++
+		default:
+			return
+		}
+	}
+}
+
+// consume reads the byte c.
+func (r *canonicalReader) consume(c byte) bool {
+	r.space()
+	if r.i < len(r.b) && r.b[r.i] == c {
+		r.i++
+		return true
+	}
+	return false
+}
+
+// key reads an object key without escapes and the colon after it.
+func (r *canonicalReader) key() ([]byte, bool) {
+	raw, ok := r.rawStr()
+	if !ok || !r.consume(':') {
+		return nil, false
+	}
+	key := raw[1 : len(raw)-1]
+	for _, c := range key {
+		if c == '\\' {
+			return nil, false
+		}
+	}
+	return key, true
+}
+
+// smallInt reads a non-negative integer of at most nine digits, without
+// sign, fraction or exponent.
+func (r *canonicalReader) smallInt() (int, bool) {
+	r.space()
+	n, digits := 0, 0
+	for r.i < len(r.b) && r.b[r.i] >= '0' && r.b[r.i] <= '9' {
+		if digits > 0 && n == 0 || digits == 9 {
+			return 0, false // a leading zero, or too long
+		}
+		n = n*10 + int(r.b[r.i]-'0')
+		digits++
+		r.i++
+	}
+	if digits == 0 || r.i < len(r.b) && (r.b[r.i] == '.' || r.b[r.i] == 'e' || r.b[r.i] == 'E') {
+		return 0, false
+	}
+	return n, true
+}
+
+// stringByte says which bytes end a run of plain string content: the
+// closing quote, a backslash and the control characters JSON refuses raw.
+var stringByte = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	t['"'], t['\\'] = true, true
+	return t
+}()
+
+// rawStr reads a string without escapes, in valid UTF-8, and returns it
+// with its quotes.
+func (r *canonicalReader) rawStr() ([]byte, bool) {
+	r.space()
+	if r.i >= len(r.b) || r.b[r.i] != '"' {
+		return nil, false
+	}
+	start := r.i
+	i := start + 1
+	for i < len(r.b) && !stringByte[r.b[i]] {
+		i++
+	}
+	if i == len(r.b) || r.b[i] != '"' || !utf8.Valid(r.b[start+1:i]) {
+		return nil, false
+	}
+	r.i = i + 1
+	return r.b[start:r.i], true
+}
+
+// str reads a string whose escapes are the two-character ones (\" \\ \/ \b
+// \f \n \r \t), in valid UTF-8.
+func (r *canonicalReader) str() (string, bool) {
+	r.space()
+	if r.i >= len(r.b) || r.b[r.i] != '"' {
+		return "", false
+	}
+	i := r.i + 1
+	start := i
+	for i < len(r.b) && !stringByte[r.b[i]] {
+		i++
+	}
+	if i < len(r.b) && r.b[i] == '"' {
+		if !utf8.Valid(r.b[start:i]) {
+			return "", false
+		}
+		r.i = i + 1
+		return string(r.b[start:i]), true
+	}
+	// Escapes: the plain runs are copied, each escape replaced. An escape
+	// yields ASCII, which cannot complete a broken UTF-8 sequence, so the
+	// whole is valid exactly when every run was.
+	buf := make([]byte, 0, i-start+64)
+	buf = append(buf, r.b[start:i]...)
+	for i < len(r.b) {
+		c := r.b[i]
+		switch {
+		case c == '"':
+			if !utf8.Valid(buf) {
+				return "", false
+			}
+			r.i = i + 1
+			return string(buf), true
+		case c == '\\' && i+1 < len(r.b):
+			e, ok := shortEscape(r.b[i+1])
+			if !ok {
+				return "", false
+			}
+			buf = append(buf, e)
+			i += 2
+		case stringByte[c]:
+			return "", false // a raw control character, or \ at the end
+		default:
+			j := i + 1
+			for j < len(r.b) && !stringByte[r.b[j]] {
+				j++
+			}
+			buf = append(buf, r.b[i:j]...)
+			i = j
+		}
+	}
+	return "", false
+}
+
+// shortEscape returns the byte that the escape \c stands for.
+func shortEscape(c byte) (byte, bool) {
+	switch c {
+	case '"', '\\', '/':
+		return c, true
+	case 'b':
+		return '\b', true
+	case 'f':
+		return '\f', true
+	case 'n':
+		return '\n', true
+	case 'r':
+		return '\r', true
+	case 't':
+		return '\t', true
+	}
+	return 0, false
+}
+
+// strs reads an array of strings ([] is an empty, non-nil slice, as
+// encoding/json makes it).
+func (r *canonicalReader) strs() ([]string, bool) {
+	if !r.consume('[') {
+		return nil, false
+	}
+	out := []string{}
+	if r.consume(']') {
+		return out, true
+	}
+	for {
+		s, ok := r.str()
+		if !ok {
+			return nil, false
+		}
+		out = append(out, s)
+		if r.consume(']') {
+			return out, true
+		}
+		if !r.consume(',') {
+			return nil, false
+		}
+	}
+}
+
+// objects reads an array of objects, calling field for each key of each;
+// field reads the value and returns the key's bit (0 for an unknown key) and
+// whether the value was read. A key seen twice in one object fails.
+func (r *canonicalReader) objects(start func(), field func(key []byte) (uint32, bool)) bool {
+	if !r.consume('[') {
+		return false
+	}
+	if r.consume(']') {
+		return true
+	}
+	for {
+		if !r.consume('{') {
+			return false
+		}
+		start()
+		var seen uint32
+		if !r.consume('}') {
+			for {
+				key, ok := r.key()
+				if !ok {
+					return false
+				}
+				bit, ok := field(key)
+				if !ok || bit == 0 || seen&bit != 0 {
+					return false
+				}
+				seen |= bit
+				if r.consume('}') {
+					break
+				}
+				if !r.consume(',') {
+					return false
+				}
+			}
+		}
+		if r.consume(']') {
+			return true
+		}
+		if !r.consume(',') {
+			return false
+		}
+	}
+}
+
+func (r *canonicalReader) headers() ([]Header, bool) {
+	out := []Header{}
+	ok := r.objects(func() { out = append(out, Header{}) }, func(key []byte) (bit uint32, ok bool) {
+		h := &out[len(out)-1]
+		switch string(key) {
+		case "name":
+			h.Name, ok = r.str()
+			return 1, ok
+		case "value":
+			h.Value, ok = r.str()
+			return 2, ok
+		}
+		return 0, false
+	})
+	return out, ok
+}
+
+func (r *canonicalReader) attachments() ([]Attachment, bool) {
+	out := []Attachment{}
+	ok := r.objects(func() { out = append(out, Attachment{}) }, func(key []byte) (bit uint32, ok bool) {
+		a := &out[len(out)-1]
+		switch string(key) {
+		case "filename":
+			a.Filename, ok = r.str()
+			return 1, ok
+		case "content_type":
+			a.ContentType, ok = r.str()
+			return 2, ok
+		case "data":
+			a.Data, ok = r.base64()
+			return 4, ok
+		case "content_id":
+			a.ContentID, ok = r.str()
+			return 8, ok
+		}
+		return 0, false
+	})
+	return out, ok
+}
+
+// base64 reads a string and decodes it as encoding/json decodes a []byte.
+func (r *canonicalReader) base64() ([]byte, bool) {
+	s, ok := r.str()
+	if !ok {
+		return nil, false
+	}
+	b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	n, err := base64.StdEncoding.Decode(b, []byte(s))
+	if err != nil {
+		return nil, false
+	}
+	return b[:n], true
+}
