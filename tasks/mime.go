@@ -6,13 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"math"
 	"mime"
+	"mime/quotedprintable"
 	"net/mail"
 	"path"
 	"strings"
-
-	"github.com/emersion/go-message"
 
 	"github.com/sendq/sendq/smtpoauth"
 )
@@ -55,7 +55,30 @@ func (p *Payload) BuildMIME() ([]byte, error) {
 // DecodePayload has just validated (under stricter limits): the handler's.
 func (p *Payload) buildMIME() ([]byte, error) {
 	root := p.tree()
+	fields := p.headerFields()
 
+	// Room for the headers and the bodies, quoted-printable or base64,
+	// at once rather than by doubling.
+	size := 1024 + len(p.Text) + len(p.HTML)
+	for _, a := range p.Attachments {
+		size += 256 + len(a.Data)*4/3
+	}
+	var b bytes.Buffer
+	b.Grow(size + size/16)
+	if err := writePart(&b, root, fields); err != nil {
+		return nil, fmt.Errorf("build mime: %w", err)
+	}
+	if !bytes.HasSuffix(b.Bytes(), []byte("\r\n")) {
+		// The last line ends like the others: BDAT sends the message
+		// as it is (DATA would add the CRLF).
+		b.WriteString("\r\n")
+	}
+	return b.Bytes(), nil
+}
+
+// headerFields returns the message header's fields, in order, with their
+// values encoded for the header.
+func (p *Payload) headerFields() [][2]string {
 	fields := [][2]string{{"Date", p.Date.Format("Mon, 02 Jan 2006 15:04:05 -0700")}}
 	from, _ := mail.ParseAddress(p.From) // validated
 	fields = append(fields, [2]string{"From", formatAddress(from)})
@@ -74,24 +97,7 @@ func (p *Payload) buildMIME() ([]byte, error) {
 	for _, h := range p.Headers {
 		fields = append(fields, [2]string{h.Name, mime.QEncoding.Encode("utf-8", h.Value)})
 	}
-
-	// Room for the headers and the bodies, quoted-printable or base64,
-	// at once rather than by doubling.
-	size := 1024 + len(p.Text) + len(p.HTML)
-	for _, a := range p.Attachments {
-		size += 256 + len(a.Data)*4/3
-	}
-	var b bytes.Buffer
-	b.Grow(size + size/16)
-	if err := writePart(&b, nil, root, fields); err != nil {
-		return nil, fmt.Errorf("build mime: %w", err)
-	}
-	if !bytes.HasSuffix(b.Bytes(), []byte("\r\n")) {
-		// The last line ends like the others: BDAT sends the message
-		// as it is (DATA would add the CRLF).
-		b.WriteString("\r\n")
-	}
-	return b.Bytes(), nil
+	return fields
 }
 
 // Message returns the payload as a submission: Envelope's addresses and
@@ -180,56 +186,78 @@ func attachmentPart(a Attachment, inline bool) *part {
 	return p
 }
 
-// writePart writes p, with the leading header fields (the message header for
-// the root), to w, or to a new part of parent when parent is not nil.
-func writePart(w *bytes.Buffer, parent *message.Writer, p *part, leading [][2]string) error {
-	params := make(map[string]string, len(p.params)+1)
-	for k, v := range p.params {
-		params[k] = v
-	}
+// writePart writes p to w: its header (after the leading fields, the
+// message header for the root), a blank line, then its body in the
+// Content-Transfer-Encoding it names, or its children between boundaries
+// (RFC 2046). The bytes are those go-message's Writer wrote for the same
+// header fields, straight into w.
+func writePart(w *bytes.Buffer, p *part, leading [][2]string) error {
+	params := p.params
+	var boundary string
 	if p.children != nil {
-		// Our own boundary, set before the writer sees the header, so it
-		// does not move Content-Type to the top of the header.
-		params["boundary"] = newBoundary()
+		// Our own boundary, in the Content-Type we write.
+		boundary = newBoundary()
+		params = make(map[string]string, len(p.params)+1)
+		maps.Copy(params, p.params)
+		params["boundary"] = boundary
 	}
 	ct := formatParams(p.contentType, params)
 	if ct == "" {
 		return fmt.Errorf("cannot format content type %q with its parameters", p.contentType)
 	}
-	fields := append([][2]string(nil), leading...)
-	fields = append(fields, [2]string{"Content-Type", ct})
-	fields = append(fields, p.extra...)
+	for _, f := range leading {
+		w.Write(appendField(w.AvailableBuffer(), f[0], f[1]))
+	}
+	w.Write(appendField(w.AvailableBuffer(), "Content-Type", ct))
+	encoding := ""
+	for _, f := range p.extra {
+		w.Write(appendField(w.AvailableBuffer(), f[0], f[1]))
+		if f[0] == "Content-Transfer-Encoding" {
+			encoding = f[1]
+		}
+	}
+	w.WriteString("\r\n")
 
-	// textproto writes the most recently added field first.
-	var h message.Header
-	for i := len(fields) - 1; i >= 0; i-- {
-		h.AddRaw(foldField(fields[i][0], fields[i][1]))
-	}
-
-	var (
-		mw  *message.Writer
-		err error
-	)
-	if parent == nil {
-		mw, err = message.CreateWriter(w, h)
-	} else {
-		mw, err = parent.CreatePart(h)
-	}
-	if err != nil {
-		return err
-	}
 	if p.children == nil {
-		if _, err := mw.Write(p.body); err != nil {
+		return writeBody(w, encoding, p.body)
+	}
+	for i, c := range p.children {
+		if i > 0 {
+			w.WriteString("\r\n")
+		}
+		w.WriteString("--" + boundary + "\r\n")
+		if err := writePart(w, c, nil); err != nil {
 			return err
 		}
-		return mw.Close()
 	}
-	for _, c := range p.children {
-		if err := writePart(w, mw, c, nil); err != nil {
+	w.WriteString("\r\n--" + boundary + "--\r\n")
+	return nil
+}
+
+// writeBody writes body to w in the transfer encoding enc: quoted-printable
+// (mime/quotedprintable, line breaks as CRLF) or base64 in lines of 76
+// characters.
+func writeBody(w *bytes.Buffer, enc string, body []byte) error {
+	switch enc {
+	case "quoted-printable":
+		qw := quotedprintable.NewWriter(w)
+		if _, err := qw.Write(body); err != nil {
 			return err
 		}
+		return qw.Close()
+	case "base64":
+		const lineBytes = 57 // encode to 76 characters
+		for len(body) > 0 {
+			n := min(len(body), lineBytes)
+			b := base64.StdEncoding.AppendEncode(w.AvailableBuffer(), body[:n])
+			if body = body[n:]; len(body) > 0 {
+				b = append(b, "\r\n"...)
+			}
+			w.Write(b)
+		}
+		return nil
 	}
-	return mw.Close()
+	return fmt.Errorf("unknown transfer encoding %q", enc)
 }
 
 // formatParams formats a media type or disposition with parameters, RFC 2047
@@ -243,22 +271,22 @@ func formatParams(v string, params map[string]string) string {
 	return mime.FormatMediaType(v, enc)
 }
 
-// foldField formats a header field as "Name: value" CRLF, folding lines
+// appendField appends to b a header field as "Name: value" CRLF, folding lines
 // longer than 76 characters at single spaces between words, so that any
 // parser's unfolding restores the value exactly; a first word too long for the
 // first line goes to a continuation line ("Name:" CRLF " word"). Validation
 // guarantees values without CR or LF and without unbreakable runs over 998
 // characters.
-func foldField(name, value string) []byte {
+func appendField(b []byte, name, value string) []byte {
 	const preferred = 76
-	b := make([]byte, 0, len(name)+len(value)+8)
+	base := len(b)
 	b = append(b, name...)
 	b = append(b, ':')
 	if value == "" {
 		return append(b, "\r\n"...)
 	}
 	b = append(b, ' ')
-	lineLen := len(b)
+	lineLen := len(b) - base
 	start := 0 // start of the pending chunk, which begins with its space
 	flush := func(end int) {
 		chunk := value[start:end]
