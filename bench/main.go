@@ -112,7 +112,7 @@ const (
 	DefaultMessages       = 20000
 	DefaultEnqueueN       = 10000
 	DefaultBatch          = 100
-	DefaultRounds         = 3
+	DefaultRounds         = 5
 	DefaultConcurrency    = "10,50"
 	DefaultRSSConcurrency = 100
 	DefaultBodyBytes      = 1024

@@ -27,7 +27,7 @@ const (
 	DefaultConcurrency = 10
 	// ConcurrencyPerDequeueLoop is how much of Concurrency one dequeue
 	// loop serves by default (see Config.DequeueLoops).
-	ConcurrencyPerDequeueLoop = 25
+	ConcurrencyPerDequeueLoop = 5
 	// DefaultPollInterval is Config.PollInterval's default.
 	DefaultPollInterval    = 50 * time.Millisecond
 	DefaultShutdownTimeout = 30 * time.Second
@@ -45,11 +45,13 @@ type Config struct {
 	Concurrency int
 	// DequeueLoops is how many asynq servers the process runs, sharing
 	// Concurrency between them. An asynq server takes tasks from Redis in
-	// one loop, one task per round trip, so at a high concurrency that
-	// loop, not the sends, sets the rate; each server adds a loop (and its
-	// own heartbeat, which the asynq web UI lists as a server). Default:
-	// one per ConcurrencyPerDequeueLoop of Concurrency, rounded up, and at
-	// most one per CPU (GOMAXPROCS): a loop feeds about a core's sends.
+	// one loop, one task per round trip, and a send waits for its own
+	// round trips to Redis (the delivery state before, the receipt after),
+	// so when a loaded Redis answers slowly that loop, not the sends, sets
+	// the rate; each server adds a loop (and its own heartbeat, which the
+	// asynq web UI lists as a server). Default: one per
+	// ConcurrencyPerDequeueLoop of Concurrency, rounded up, and at most one
+	// per CPU (GOMAXPROCS).
 	DequeueLoops int
 	// Queues maps queue names to priority weights. Default
 	// {tasks.DefaultQueue: 1}.
