@@ -163,6 +163,12 @@ func collectStats(ctx context.Context, insp *asynq.Inspector, store *ledger.Stor
 		}
 		info, err := insp.GetQueueInfo(q)
 		if err != nil {
+			if now, lerr := insp.Queues(); lerr == nil && !slices.Contains(now, q) {
+				// Deleted since the listing: it shows empty, as an
+				// unknown queue does.
+				st.Queues = append(st.Queues, queueStats{Queue: q})
+				continue
+			}
 			return nil, fmt.Errorf("stats: queue %s: %w", q, err)
 		}
 		st.Queues = append(st.Queues, queueStats{
