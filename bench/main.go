@@ -33,6 +33,8 @@
 //   - Enqueue: one goroutine enqueues -enqueue-n messages; raw asynq
 //     Client.Enqueue of a random payload as large as sendq's, sendq's
 //     tasks.Client.Enqueue, and tasks.Client.EnqueueBatch in batches of -batch.
+//     Within a round the three take turns by chunks of about 1,000 messages,
+//     so that a slow moment of the machine falls on all of them alike.
 //   - End to end: -n messages are enqueued first (not timed); the clock runs
 //     from starting the consumer (asynq Server.Start, worker.Run) to the
 //     server's acceptance of the last message (or the no-op handler's last

@@ -1,13 +1,11 @@
 package tasks
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -202,19 +200,6 @@ func newTask(e *Email, opts []Option) (*builtTask, error) {
 	aopts = append(aopts, o.asynq...)
 	t.task = asynq.NewTask(TypeSendEmail, data, aopts...)
 	return t, nil
-}
-
-// encodePayload is json.Marshal without HTML escaping, so that a Message-ID
-// or HTML body reads as itself in Redis and in asynqmon.
-func encodePayload(p *Payload) ([]byte, error) {
-	var b bytes.Buffer
-	b.Grow(512 + len(p.Text) + len(p.HTML)) // the bodies, and room for the rest
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(p); err != nil {
-		return nil, fmt.Errorf("encode payload: %w", err)
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)

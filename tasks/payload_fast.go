@@ -143,16 +143,6 @@ func (r *canonicalReader) smallInt() (int, bool) {
 	return n, true
 }
 
-// stringByte says which bytes end a run of plain string content: the
-// closing quote, a backslash and the control characters JSON refuses raw.
-var stringByte = func() (t [256]bool) {
-	for c := range 0x20 {
-		t[c] = true
-	}
-	t['"'], t['\\'] = true, true
-	return t
-}()
-
 // rawStr reads a string without escapes, in valid UTF-8, and returns it
 // with its quotes.
 func (r *canonicalReader) rawStr() ([]byte, bool) {
@@ -162,9 +152,7 @@ func (r *canonicalReader) rawStr() ([]byte, bool) {
 	}
 	start := r.i
 	i := start + 1
-	for i < len(r.b) && !stringByte[r.b[i]] {
-		i++
-	}
+	i += plainRun(r.b[i:], false)
 	if i == len(r.b) || r.b[i] != '"' || !utf8.Valid(r.b[start+1:i]) {
 		return nil, false
 	}
@@ -181,9 +169,7 @@ func (r *canonicalReader) str() (string, bool) {
 	}
 	i := r.i + 1
 	start := i
-	for i < len(r.b) && !stringByte[r.b[i]] {
-		i++
-	}
+	i += plainRun(r.b[i:], false)
 	if i < len(r.b) && r.b[i] == '"' {
 		if !utf8.Valid(r.b[start:i]) {
 			return "", false
@@ -212,13 +198,10 @@ func (r *canonicalReader) str() (string, bool) {
 			}
 			buf = append(buf, e)
 			i += 2
-		case stringByte[c]:
+		case c < 0x20 || c == '\\':
 			return "", false // a raw control character, or \ at the end
 		default:
-			j := i + 1
-			for j < len(r.b) && !stringByte[r.b[j]] {
-				j++
-			}
+			j := i + 1 + plainRun(r.b[i+1:], false)
 			buf = append(buf, r.b[i:j]...)
 			i = j
 		}
