@@ -202,21 +202,27 @@ func newTask(e *Email, opts []Option) (*builtTask, error) {
 	return t, nil
 }
 
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+// idEncoding is base32 (RFC 4648) in lower case, without padding.
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // newMessageID returns "<id@domain>" with the domain of the address from
 // (its address part, "a@example.com") and an id of 128 bits: random, or
 // derived from the account and the idempotency key.
 func newMessageID(accountID, from, key string) string {
-	var id []byte
+	var id [16]byte
 	if key != "" {
 		h := sha256.Sum256([]byte("sendq message-id\x00" + accountID + "\x00" + key))
-		id = h[:16]
+		id = [16]byte(h[:16])
 	} else {
-		id = make([]byte, 16)
-		_, _ = rand.Read(id) // never fails (crypto/rand)
+		_, _ = rand.Read(id[:]) // never fails (crypto/rand)
 	}
-	return "<" + strings.ToLower(idEncoding.EncodeToString(id)) + "@" + messageIDDomain(from) + ">"
+	domain := messageIDDomain(from)
+	b := make([]byte, 0, 2+idEncoding.EncodedLen(len(id))+1+len(domain))
+	b = append(b, '<')
+	b = idEncoding.AppendEncode(b, id[:])
+	b = append(b, '@')
+	b = append(b, domain...)
+	return string(append(b, '>'))
 }
 
 // messageIDDomain returns the domain of the address from ("a@example.com"),
@@ -228,7 +234,7 @@ func messageIDDomain(from string) string {
 		return fallback
 	}
 	domain := strings.ToLower(from[i+1:])
-	if checkMessageID("<x@"+domain+">") != "" {
+	if !isDotAtom(domain) && checkMessageID("<x@"+domain+">") != "" {
 		return fallback
 	}
 	return domain

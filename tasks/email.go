@@ -69,7 +69,7 @@ type Attachment struct {
 // brackets; a local part that needs quoting stays quoted ("a b"@example.org).
 // Addresses that do not parse are left out, so call it on a validated email.
 func (e *Email) Envelope() (from string, rcpts []string) {
-	if a, err := mail.ParseAddress(e.From); err == nil {
+	if a, err := parseMailAddress(e.From); err == nil {
 		from = bareAddress(a)
 	}
 	return from, e.recipients()
@@ -78,6 +78,9 @@ func (e *Email) Envelope() (from string, rcpts []string) {
 // bareAddress returns the addr-spec of a, its local part quoted if needed
 // (net/mail unquotes it in Address.Address).
 func bareAddress(a *mail.Address) string {
+	if at := strings.LastIndexByte(a.Address, '@'); at >= 0 && isDotAtom(a.Address[:at]) {
+		return a.Address // a local part that needs no quotes, as String writes it
+	}
 	s := (&mail.Address{Address: a.Address}).String() // "<addr-spec>"
 	return s[1 : len(s)-1]
 }
@@ -88,7 +91,7 @@ func (e *Email) recipients() []string {
 	seen := make(map[string]bool)
 	for _, list := range [][]string{e.To, e.Cc, e.Bcc} {
 		for _, s := range list {
-			a, err := mail.ParseAddress(s)
+			a, err := parseMailAddress(s)
 			if err != nil {
 				continue
 			}
@@ -102,4 +105,43 @@ func (e *Email) recipients() []string {
 		}
 	}
 	return rcpts
+}
+
+// parseMailAddress is mail.ParseAddress, with a shortcut for the two forms
+// most addresses take: a bare dot-atom address ("a.b@example.com") and one
+// after a display name of words of ASCII letters and digits separated by
+// single spaces ("Jane Doe <a.b@example.com>"). Those need no unquoting or
+// decoding, and net/mail spends a dozen allocations on each; every other
+// form goes to net/mail. FuzzParseMailAddress checks that the shortcut
+// returns what net/mail does.
+func parseMailAddress(s string) (*mail.Address, error) {
+	name, addr := "", s
+	if strings.HasSuffix(s, ">") {
+		if lt := strings.IndexByte(s, '<'); lt >= 2 && s[lt-1] == ' ' && isSimplePhrase(s[:lt-1]) {
+			name, addr = s[:lt-1], s[lt+1:len(s)-1]
+		} else {
+			return mail.ParseAddress(s)
+		}
+	}
+	if at := strings.LastIndexByte(addr, '@'); at < 0 || !isDotAtom(addr[:at]) || !isDotAtom(addr[at+1:]) {
+		return mail.ParseAddress(s)
+	}
+	return &mail.Address{Name: name, Address: addr}, nil
+}
+
+// isSimplePhrase reports whether s is words of ASCII letters and digits
+// separated by single spaces.
+func isSimplePhrase(s string) bool {
+	if s == "" || s[0] == ' ' || s[len(s)-1] == ' ' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == ' ' && s[i-1] != ' ':
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -80,7 +80,7 @@ func (p *Payload) buildMIME() ([]byte, error) {
 // values encoded for the header.
 func (p *Payload) headerFields() [][2]string {
 	fields := [][2]string{{"Date", p.Date.Format("Mon, 02 Jan 2006 15:04:05 -0700")}}
-	from, _ := mail.ParseAddress(p.From) // validated
+	from, _ := parseMailAddress(p.From) // validated
 	fields = append(fields, [2]string{"From", formatAddress(from)})
 	for _, f := range []struct {
 		name string
@@ -328,7 +328,7 @@ func formatAddress(a *mail.Address) string {
 func formatAddressList(list []string) string {
 	out := make([]string, 0, len(list))
 	for _, s := range list {
-		a, err := mail.ParseAddress(s)
+		a, err := parseMailAddress(s)
 		if err != nil {
 			continue // validated
 		}

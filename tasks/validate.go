@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"mime"
-	"net/mail"
 	"strings"
 	"unicode/utf8"
 )
@@ -296,7 +295,7 @@ func parseAddress(s string) (addr, reason string) {
 	if len(s) > maxAddressLen {
 		return "", fmt.Sprintf("longer than %d bytes", maxAddressLen)
 	}
-	a, err := mail.ParseAddress(s)
+	a, err := parseMailAddress(s)
 	if err != nil {
 		return "", strings.TrimPrefix(err.Error(), "mail: ")
 	}
@@ -373,13 +372,16 @@ func checkContentType(ct string) string {
 }
 
 // isAtext reports whether b is an RFC 5322 atext character.
-func isAtext(b byte) bool {
-	switch {
-	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
-		return true
+func isAtext(b byte) bool { return atext[b] }
+
+// atext is isAtext's table.
+var atext = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-/=?^_`{|}~", byte(c)) >= 0
 	}
-	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", b) >= 0
-}
+	return t
+}()
 
 func checkContentID(id string) string {
 	if len(id) > maxIDLen {
