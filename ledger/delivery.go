@@ -94,6 +94,20 @@ type Delivery struct {
 	// RequeuedAt is when an operator last requeued the message (see
 	// ForgetRejections); zero if never.
 	RequeuedAt time.Time
+	// LastAttempt is the task that last started an attempt of the message
+	// (StartAttempt) before this read, nil if none did.
+	LastAttempt *Attempt
+}
+
+// Attempt names a task attempting to deliver a message, as StartAttempt
+// records it.
+type Attempt struct {
+	// Queue and TaskID name the asynq task.
+	Queue  string `json:"queue"`
+	TaskID string `json:"task_id"`
+	// At is when the attempt started. StartAttempt uses the store's clock
+	// when it is zero.
+	At time.Time `json:"at"`
 }
 
 // Status returns the outcome recorded for addr, compared case-insensitively,
@@ -122,6 +136,7 @@ const (
 	fieldReceipt         = "receipt"
 	fieldDuplicate       = "duplicate"
 	fieldRequeued        = "requeued"
+	fieldAttempt         = "attempt"
 )
 
 // recipientRecord is the JSON value of a recipient field.
@@ -190,6 +205,12 @@ func decodeDelivery(messageID string, h map[string]string) (*Delivery, error) {
 			if v, err := strconv.ParseInt(v, 10, 64); err == nil {
 				d.RequeuedAt = fromMS(v)
 			}
+		case f == fieldAttempt:
+			a := new(Attempt)
+			if err := json.Unmarshal([]byte(v), a); err != nil {
+				return nil, fmt.Errorf("decode field %s: %w", f, err)
+			}
+			d.LastAttempt = a
 		}
 	}
 	if receipt != nil {
@@ -306,8 +327,9 @@ func (s *Store) queueRecipients(ctx context.Context, p redis.Pipeliner, messageI
 // from then on the message's tasks complete without sending.
 //
 // The transaction also sets the hash fields of also, keys outside the
-// ledger on the same Redis database: a worker writes its asynq task's
-// result there, in the same round trip.
+// ledger on the same Redis database, each only if its hash exists: a worker
+// writes its asynq task's result there, in the same round trip, and a hash
+// that asynq deleted on completion (no retention) stays deleted.
 func (s *Store) WriteReceipt(ctx context.Context, r *Receipt, also ...HashField) error {
 	if r == nil {
 		return errors.New("write receipt: nil receipt")
@@ -336,7 +358,7 @@ func (s *Store) WriteReceipt(ctx context.Context, r *Receipt, also ...HashField)
 	err = s.shared(ctx, func(p redis.Pipeliner) {
 		s.queueRecipients(ctx, p, r.MessageID, f)
 		for _, h := range also {
-			p.HSet(ctx, h.Key, h.Field, h.Value)
+			p.Eval(ctx, hsetIfExists, []string{h.Key}, h.Field, h.Value)
 		}
 	})
 	if err != nil {
@@ -346,11 +368,17 @@ func (s *Store) WriteReceipt(ctx context.Context, r *Receipt, also ...HashField)
 }
 
 // HashField is one field of a Redis hash that is not the ledger's, set by
-// WriteReceipt in its transaction.
+// WriteReceipt in its transaction if the hash exists.
 type HashField struct {
 	Key, Field string
 	Value      []byte
 }
+
+// hsetIfExists sets the field ARGV[1] of the hash KEYS[1] to ARGV[2] if the
+// hash exists. It is sent whole (EVAL) inside the receipt's transaction,
+// where a script missing from the server's cache could not be loaded and
+// retried; the server compiles it once and finds it by its digest.
+const hsetIfExists = `if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0`
 
 // MarkPossibleDuplicate records that an attempt of task taskID lost its
 // connection after the final "." of DATA: the server may have delivered the
@@ -383,7 +411,10 @@ func (s *Store) MarkPossibleDuplicate(ctx context.Context, messageID, taskID str
 // kept: the requeued message goes ONLY to the previously rejected recipients
 // (and to any never tried), never again to an accepted one. A message that was
 // complete without rejections keeps its receipt, and a requeue of it
-// completes without sending. It also records the time of the requeue
+// completes without sending. When it deletes the receipt it also forgets
+// the message's last attempt (Delivery.LastAttempt): the task that completed
+// it delivered nothing to the recipients the requeue is for. It also
+// records the time of the requeue
 // (Delivery.RequeuedAt), from which the queue lifetime counts again. One
 // round trip (a Lua script).
 func (s *Store) ForgetRejections(ctx context.Context, messageID string) error {
@@ -391,7 +422,7 @@ func (s *Store) ForgetRejections(ctx context.Context, messageID string) error {
 		return fmt.Errorf("forget rejections: %w", errEmptyMessageID)
 	}
 	err := forgetRejectionsScript.Run(ctx, s.rdb, []string{s.deliveryKey(messageID)},
-		fieldRecipientPrefix, fieldReceipt, s.opts.DeliveryTTL.Milliseconds(), fieldRequeued, ms(s.now())).Err()
+		fieldRecipientPrefix, fieldReceipt, s.opts.DeliveryTTL.Milliseconds(), fieldRequeued, ms(s.now()), fieldAttempt).Err()
 	if err != nil {
 		return fmt.Errorf("forget rejections of %s: %w", messageID, err)
 	}
@@ -399,10 +430,11 @@ func (s *Store) ForgetRejections(ctx context.Context, messageID string) error {
 }
 
 // forgetRejectionsScript deletes the rejected recipient fields of a delivery
-// hash and, if there were any, its receipt field.
+// hash and, if there were any, its receipt and attempt fields.
 //
 // KEYS[1] delivery hash; ARGV[1] recipient field prefix, ARGV[2] receipt
-// field, ARGV[3] TTL in ms, ARGV[4] requeued field, ARGV[5] now in ms.
+// field, ARGV[3] TTL in ms, ARGV[4] requeued field, ARGV[5] now in ms,
+// ARGV[6] attempt field.
 // Returns the number of recipients forgotten.
 var forgetRejectionsScript = redis.NewScript(`
 local h = redis.call('HGETALL', KEYS[1])
@@ -418,7 +450,7 @@ for i = 1, #h, 2 do
   end
 end
 if n > 0 then
-  redis.call('HDEL', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[1], ARGV[2], ARGV[6])
 end
 redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -442,6 +474,46 @@ func (s *Store) DeliveryAndAccount(ctx context.Context, messageID, account strin
 	})
 	if err != nil {
 		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s and account %s: %w", messageID, account, err)
+	}
+	d, err := decodeDelivery(messageID, dh.Val())
+	if err != nil {
+		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s: %w", messageID, err)
+	}
+	return d, decodeAccount(account, ah.Val()), nil
+}
+
+// StartAttempt returns what DeliveryAndAccount returns and records, in the
+// same round trip, that the task a is attempting the message: the next
+// reader finds it in Delivery.LastAttempt. A worker calls it before each
+// send, so that a task of a message whose receipt is missing can tell
+// whether another task of it was acknowledged (see tasks.HandlerConfig's
+// AsyncReceipt).
+func (s *Store) StartAttempt(ctx context.Context, messageID, account string, a Attempt) (*Delivery, AccountStatus, error) {
+	switch {
+	case messageID == "":
+		return nil, AccountStatus{}, fmt.Errorf("start attempt: %w", errEmptyMessageID)
+	case account == "":
+		return nil, AccountStatus{}, fmt.Errorf("start attempt: %w", errEmptyAccount)
+	case a.TaskID == "":
+		return nil, AccountStatus{}, errors.New("start attempt: empty task id")
+	}
+	if a.At.IsZero() {
+		a.At = s.now()
+	}
+	rec, err := json.Marshal(a)
+	if err != nil {
+		return nil, AccountStatus{}, fmt.Errorf("start attempt of %s: %w", messageID, err)
+	}
+	key := s.deliveryKey(messageID)
+	var dh, ah *redis.MapStringStringCmd
+	err = s.shared(ctx, func(p redis.Pipeliner) {
+		dh = p.HGetAll(ctx, key)
+		ah = p.HGetAll(ctx, s.accountKey(account))
+		p.HSet(ctx, key, fieldAttempt, rec)
+		p.PExpire(ctx, key, s.opts.DeliveryTTL)
+	})
+	if err != nil {
+		return nil, AccountStatus{}, fmt.Errorf("start attempt of %s (account %s): %w", messageID, account, err)
 	}
 	d, err := decodeDelivery(messageID, dh.Val())
 	if err != nil {

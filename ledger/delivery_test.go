@@ -354,3 +354,98 @@ func TestDeliveryAndAccountReadBothAtOnce(t *testing.T) {
 		t.Error("an empty Message-ID was accepted")
 	}
 }
+
+func TestStartAttemptShowsTheNextReaderWhoAttempted(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, Options{})
+	ctx := context.Background()
+	if err := tb.store.Hold(ctx, "acct", HoldReauthorize, "invalid_grant persisted"); err != nil {
+		t.Fatal(err)
+	}
+	d, st, err := tb.store.StartAttempt(ctx, "<m@x>", "acct", Attempt{Queue: "email", TaskID: "t1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.LastAttempt != nil || d.Receipt != nil || st.State != AccountHeld {
+		t.Errorf("first attempt read %+v, account %+v; want no attempt before it, the account held", d, st)
+	}
+	d, _, err = tb.store.StartAttempt(ctx, "<m@x>", "acct", Attempt{Queue: "email", TaskID: "t2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Attempt{Queue: "email", TaskID: "t1", At: tb.clock.Now()}
+	if d.LastAttempt == nil || d.LastAttempt.Queue != want.Queue || d.LastAttempt.TaskID != want.TaskID || !d.LastAttempt.At.Equal(want.At) {
+		t.Errorf("second attempt read LastAttempt %+v, want %+v", d.LastAttempt, want)
+	}
+	if got, _ := tb.store.Delivery(ctx, "<m@x>"); got.LastAttempt == nil || got.LastAttempt.TaskID != "t2" {
+		t.Errorf("Delivery().LastAttempt = %+v, want task t2", got.LastAttempt)
+	}
+	ttl, err := tb.rdb.PTTL(ctx, tb.store.deliveryKey("<m@x>")).Result()
+	if err != nil || ttl <= 0 || ttl > DefaultDeliveryTTL {
+		t.Errorf("delivery key TTL %v (%v), want up to %v", ttl, err, DefaultDeliveryTTL)
+	}
+	for _, bad := range []struct{ msg, acct, task string }{{"", "acct", "t"}, {"<m@x>", "", "t"}, {"<m@x>", "acct", ""}} {
+		if _, _, err := tb.store.StartAttempt(ctx, bad.msg, bad.acct, Attempt{TaskID: bad.task}); err == nil {
+			t.Errorf("StartAttempt(%q, %q, task %q) accepted", bad.msg, bad.acct, bad.task)
+		}
+	}
+}
+
+// TestForgetRejectionsForgetsTheAttemptThatCompleted: after a requeue for
+// fixed recipients, the task that completed the message must not count as
+// having delivered to them.
+func TestForgetRejectionsForgetsTheAttemptThatCompleted(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, Options{})
+	ctx := context.Background()
+	for _, msg := range []string{"<rejected@x>", "<clean@x>"} {
+		if _, _, err := tb.store.StartAttempt(ctx, msg, "acct", Attempt{Queue: "email", TaskID: "t1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tb.store.WriteReceipt(ctx, &Receipt{MessageID: "<rejected@x>", TaskID: "t1", Accepted: []string{"a@x"},
+		Rejected: []Rejection{{Address: "b@x", Reply: "550 no such user"}}, Reply: "250 ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.store.WriteReceipt(ctx, &Receipt{MessageID: "<clean@x>", TaskID: "t1", Accepted: []string{"a@x"}, Reply: "250 ok"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range []string{"<rejected@x>", "<clean@x>"} {
+		if err := tb.store.ForgetRejections(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, _ := tb.store.Delivery(ctx, "<rejected@x>"); d.Receipt != nil || d.LastAttempt != nil {
+		t.Errorf("after forgetting a rejection: receipt %+v, last attempt %+v; want neither", d.Receipt, d.LastAttempt)
+	}
+	if d, _ := tb.store.Delivery(ctx, "<clean@x>"); d.Receipt == nil || d.LastAttempt == nil {
+		t.Errorf("with nothing to forget: receipt %+v, last attempt %+v; want both kept", d.Receipt, d.LastAttempt)
+	}
+}
+
+// TestWriteReceiptSetsOtherHashesOnlyIfTheyExist: the task result goes into
+// asynq's task hash while it exists, and does not bring back one asynq
+// deleted on completion.
+func TestWriteReceiptSetsOtherHashesOnlyIfTheyExist(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, Options{})
+	ctx := context.Background()
+	live, gone := tb.prefix+"asynq-task-live", tb.prefix+"asynq-task-gone"
+	if err := tb.rdb.HSet(ctx, live, "state", "active").Err(); err != nil {
+		t.Fatal(err)
+	}
+	err := tb.store.WriteReceipt(ctx, &Receipt{MessageID: "<m@x>", TaskID: "t1", Accepted: []string{"a@x"}, Reply: "250 ok"},
+		HashField{Key: live, Field: "result", Value: []byte(`{"ok":1}`)}, HashField{Key: gone, Field: "result", Value: []byte(`{"ok":2}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tb.rdb.HGet(ctx, live, "result").Result(); err != nil || got != `{"ok":1}` {
+		t.Errorf("result in the existing hash = %q, %v", got, err)
+	}
+	if n, err := tb.rdb.Exists(ctx, gone).Result(); err != nil || n != 0 {
+		t.Errorf("the missing hash exists after the receipt (%d, %v)", n, err)
+	}
+	if d, _ := tb.store.Delivery(ctx, "<m@x>"); d.Receipt == nil {
+		t.Error("no receipt")
+	}
+}

@@ -13,10 +13,13 @@
 // The handler of an email:send task uses it around each attempt:
 //
 //  1. Delivery loads the message's state by Message-ID (stable across
-//     retries and re-enqueues) in one HGETALL. A Receipt means the message
-//     is complete: finish without sending. Otherwise send only to
-//     Delivery.Pending(recipients): recipients accepted or rejected for
-//     good in an earlier attempt are done.
+//     retries and re-enqueues) in one HGETALL; StartAttempt does it with
+//     the account's health in the same round trip and records which task
+//     is attempting the message (Delivery.LastAttempt for the next
+//     reader). A Receipt means the message is complete: finish without
+//     sending. Otherwise send only to Delivery.Pending(recipients):
+//     recipients accepted or rejected for good in an earlier attempt are
+//     done.
 //  2. Account and Usable tell whether the account may send; a throttled,
 //     auth-failing or held account's task is deferred. So is one over the
 //     account's limits: AcquireSession takes one of its session slots for
@@ -96,6 +99,8 @@
 //	    rcpt:<lower-cased address>          JSON {address, state, reply, task_id, at}
 //	    receipt                             JSON {task_id, reply, possible_duplicate, at}
 //	    duplicate                           JSON {task_id, at}: a possible duplicate
+//	    attempt                             JSON {queue, task_id, at}: the task that last started an attempt
+//	    requeued                            Unix milliseconds: the operator's last requeue
 //	sendq:{accounts}:account:<account>      hash, absent while the account is ok
 //	    state, hold, reason                 strings
 //	    until, since, first_invalid_grant   Unix milliseconds

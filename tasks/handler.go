@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -63,6 +64,21 @@ type HandlerConfig struct {
 	// worker.New does: the result goes to the hash asynq keeps the task in.
 	// Default false: the result is written through asynq's ResultWriter.
 	ResultInReceipt bool
+	// AsyncReceipt lets a task's first attempt that delivered to every
+	// recipient return as soon as the server accepted the message: the
+	// receipt (and with ResultInReceipt the result) is written while asynq
+	// acknowledges the task, instead of before. That takes a Redis round
+	// trip out of each send's path. A process that dies in between can
+	// leave a completed task without its receipt; Inspector lets any later
+	// task of the same message see that the task was acknowledged and
+	// complete without sending again, so AsyncReceipt requires it. Call
+	// Flush after the asynq servers have shut down. Default false.
+	AsyncReceipt bool
+	// Inspector, if set, reads asynq's tasks on the server the handler's
+	// tasks come from. A task that finds its message without a receipt but
+	// attempted by another task which asynq completed records that task's
+	// delivery instead of sending again (see AsyncReceipt).
+	Inspector *asynq.Inspector
 	// NowFunc is the clock. Default time.Now.
 	NowFunc func() time.Time
 }
@@ -77,13 +93,19 @@ type HandlerConfig struct {
 // acknowledgement); defers if the account is throttled or held, or over its
 // limits (AccountLimits: a session slot for the send, room in its rates);
 // sends to the recipients that have no outcome yet; writes the receipt right
-// after the server's 250; and turns a failure into a retry, a deferral of the
-// account, or a dead letter with a reason, following smtpoauth.Classify.
+// after the server's 250 (or, with AsyncReceipt, while asynq acknowledges
+// the task); and turns a failure into a retry, a deferral of the account, or
+// a dead letter with a reason, following smtpoauth.Classify.
 type Handler struct {
 	cfg            HandlerConfig
 	retry          RetryPolicy
 	log            *slog.Logger
 	sessionRecheck time.Duration
+	// receipts counts the receipts being written after their task
+	// returned (AsyncReceipt); once flushed is set, by Flush, none starts.
+	mu       sync.Mutex
+	flushed  bool
+	receipts sync.WaitGroup
 }
 
 var _ asynq.Handler = (*Handler)(nil)
@@ -99,6 +121,9 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 	}
 	if cfg.Ledger == nil {
 		errs = append(errs, errors.New("tasks: HandlerConfig.Ledger is required"))
+	}
+	if cfg.AsyncReceipt && cfg.Inspector == nil {
+		errs = append(errs, errors.New("tasks: HandlerConfig.AsyncReceipt requires an Inspector"))
 	}
 	retry := cfg.Retry.WithDefaults()
 	errs = append(errs, retry.validate())
@@ -118,6 +143,34 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		cfg.InvalidGrantWindow = ledger.DefaultInvalidGrantWindow
 	}
 	return &Handler{cfg: cfg, retry: retry, log: cfg.Logger, sessionRecheck: cmp.Or(cfg.SessionRecheck, DefaultSessionRecheck)}, nil
+}
+
+// Flush waits for the receipts still being written for tasks that already
+// returned (HandlerConfig.AsyncReceipt). Call it when the asynq servers
+// have shut down, before closing the ledger's Redis client. From then on
+// every receipt is written before its task returns, as without
+// AsyncReceipt: a send that outlived the servers' shutdown timeout does
+// not return before its receipt is in.
+func (h *Handler) Flush() {
+	h.mu.Lock()
+	h.flushed = true
+	h.mu.Unlock()
+	h.receipts.Wait()
+}
+
+// startAsyncReceipt reports whether a receipt may be written after its task
+// returns, and if so counts it in receipts.
+func (h *Handler) startAsyncReceipt() bool {
+	if !h.cfg.AsyncReceipt {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.flushed {
+		return false
+	}
+	h.receipts.Add(1)
+	return true
 }
 
 // Result is what a completed task's result holds (asynq's ResultWriter), for
@@ -185,9 +238,20 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	a.payload = p
 	a.with(slog.String("account", p.AccountID), slog.String("message_id", p.MessageID))
 
-	d, st, err := h.cfg.Ledger.DeliveryAndAccount(ctx, p.MessageID, p.AccountID)
+	var d *ledger.Delivery
+	var st ledger.AccountStatus
+	if a.taskID != "" {
+		d, st, err = h.cfg.Ledger.StartAttempt(ctx, p.MessageID, p.AccountID, ledger.Attempt{Queue: a.queue, TaskID: a.taskID})
+	} else {
+		d, st, err = h.cfg.Ledger.DeliveryAndAccount(ctx, p.MessageID, p.AccountID)
+	}
 	if err != nil {
 		return fmt.Errorf("read delivery state and account health: %w", err)
+	}
+	if d.Receipt == nil {
+		if err := h.recoverReceipt(ctx, a, d); err != nil {
+			return err
+		}
 	}
 	if d.Receipt != nil {
 		a.logger().Info("already delivered, not sending again", "accepted", len(d.Receipt.Accepted))
@@ -288,7 +352,77 @@ func (h *Handler) delivered(ctx context.Context, a *attempt, st ledger.AccountSt
 	}
 	// A first attempt's receipt is the whole story; after earlier
 	// attempts the merged one is read back.
-	return h.complete(ctx, a, st, r, len(d.Recipients) == 0)
+	whole := len(d.Recipients) == 0
+	if whole && len(rejected) == 0 && st.State == ledger.AccountOK && h.startAsyncReceipt() {
+		h.completeAsync(ctx, a, r)
+		return nil
+	}
+	return h.complete(ctx, a, st, r, whole)
+}
+
+// completeAsync writes the receipt and the task result of a first attempt
+// that delivered to every recipient without waiting for them: the task
+// returns, and asynq acknowledges it, while they are written
+// (HandlerConfig.AsyncReceipt). Should the process die before they are,
+// the acknowledgement is the record: recoverReceipt reads it. The caller
+// counted the write in h.receipts (startAsyncReceipt).
+func (h *Handler) completeAsync(ctx context.Context, a *attempt, r *ledger.Receipt) {
+	var result []ledger.HashField
+	if f, ok := h.resultField(a, r); ok {
+		result = append(result, f)
+	} else {
+		h.writeResult(a, r) // through asynq, before the task returns
+	}
+	go func() {
+		defer h.receipts.Done()
+		if err := h.writeReceipt(ctx, r, result...); err != nil {
+			a.logger().Error("delivered but could not write the receipt; the task's acknowledgement stands for it", "error", err)
+		}
+	}()
+	a.base.LogAttrs(ctx, slog.LevelInfo, "delivered", append(slices.Clip(a.attrs),
+		slog.Int("accepted", len(r.Accepted)), slog.Int("rejected", 0), slog.Bool("possible_duplicate", r.PossibleDuplicate))...)
+}
+
+// recoverReceipt handles a message without a receipt that another task
+// started an attempt of: if asynq completed that task, its handler
+// returned success, so it delivered to every recipient then pending, and
+// only its receipt, written after (HandlerConfig.AsyncReceipt), was lost.
+// recoverReceipt then writes that receipt and sets d.Receipt, so that this
+// task completes without sending. Without an Inspector, or when the other
+// task is not complete (it failed, is retrying, or is gone), it does
+// nothing: the send goes ahead.
+func (h *Handler) recoverReceipt(ctx context.Context, a *attempt, d *ledger.Delivery) error {
+	last := d.LastAttempt
+	if h.cfg.Inspector == nil || last == nil || last.TaskID == a.taskID && last.Queue == a.queue {
+		return nil
+	}
+	info, err := h.cfg.Inspector.GetTaskInfo(last.Queue, last.TaskID)
+	switch {
+	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("look up task %s, which attempted the same message: %w", last.TaskID, err)
+	case info.State != asynq.TaskStateCompleted:
+		return nil
+	}
+	_, rcpts := a.payload.Envelope()
+	r := &ledger.Receipt{
+		MessageID:         a.payload.MessageID,
+		TaskID:            last.TaskID,
+		Accepted:          d.Pending(rcpts),
+		Reply:             "unknown: recovered from the completion of task " + last.TaskID,
+		PossibleDuplicate: d.PossibleDuplicate,
+	}
+	if err := h.writeReceipt(ctx, r); err != nil {
+		return fmt.Errorf("write the receipt of task %s, which delivered the message: %w", last.TaskID, err)
+	}
+	a.logger().Warn("receipt recovered: another task of this message completed without writing it", "completed_task_id", last.TaskID)
+	full, err := h.cfg.Ledger.Delivery(ctx, a.payload.MessageID)
+	if err != nil {
+		return fmt.Errorf("read the recovered receipt: %w", err)
+	}
+	d.Receipt = full.Receipt
+	return nil
 }
 
 // complete writes the receipt and the task result. The receipt is written

@@ -169,6 +169,19 @@ func (a *Admin) Status(ctx context.Context, queue, taskID string) (*Status, erro
 				st.Result = &r
 			}
 		}
+		if st.Result == nil && st.MessageID != "" {
+			// A worker writes the result with the receipt, which may
+			// follow the acknowledgement by a moment
+			// (HandlerConfig.AsyncReceipt): the receipt says the same.
+			d, err := a.ledger.Delivery(ctx, st.MessageID)
+			if err != nil {
+				return nil, fmt.Errorf("look up task %s: %w", taskID, err)
+			}
+			if d.Receipt != nil {
+				r := resultOf(d.Receipt)
+				st.Result = &r
+			}
+		}
 	case StateArchived:
 		dl, err := a.ledger.DeadLetter(ctx, taskID)
 		switch {

@@ -35,8 +35,9 @@ type adminBundle struct {
 	store  *ledger.Store
 	queue  string
 	sender *fakeSender
-	// resultInReceipt is the worker's HandlerConfig.ResultInReceipt.
-	resultInReceipt bool
+	// resultInReceipt and asyncReceipt are the worker's
+	// HandlerConfig.ResultInReceipt and AsyncReceipt (with b.insp).
+	resultInReceipt, asyncReceipt bool
 }
 
 func setupAdmin(t *testing.T) *adminBundle {
@@ -84,9 +85,14 @@ func deleteKeys(t *testing.T, rdb *redis.Client, prefix string) {
 
 // startWorker runs a real asynq server with the real tasks.Handler on the
 // bundle's queue until the test ends; b.sender plays the SMTP server of the
-// account "support" (any other account is unknown).
-func (b *adminBundle) startWorker(t *testing.T) {
+// account "support" (any other account is unknown). stop shuts the server
+// down and flushes the handler's receipts; the test's end calls it too.
+func (b *adminBundle) startWorker(t *testing.T) (stop func()) {
 	t.Helper()
+	var insp *asynq.Inspector
+	if b.asyncReceipt {
+		insp = b.insp
+	}
 	h, err := tasks.NewHandler(tasks.HandlerConfig{
 		SenderFunc: func(account string) (tasks.Sender, error) {
 			if account != "support" {
@@ -96,6 +102,8 @@ func (b *adminBundle) startWorker(t *testing.T) {
 		},
 		Ledger:          b.store,
 		ResultInReceipt: b.resultInReceipt,
+		AsyncReceipt:    b.asyncReceipt,
+		Inspector:       insp,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +123,12 @@ func (b *adminBundle) startWorker(t *testing.T) {
 	if err := srv.Start(mux); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	stop = sync.OnceFunc(func() {
+		srv.Shutdown()
+		h.Flush()
+	})
+	t.Cleanup(stop)
+	return stop
 }
 
 // enqueue enqueues an email from support@example.com to rcpts on the

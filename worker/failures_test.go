@@ -87,7 +87,9 @@ func pollFor(t *testing.T, what string, check func() (done bool, detail string))
 	}
 }
 
-// waitState waits until asynq reports the task in state and returns it.
+// waitState waits until asynq reports the task in state and returns it; a
+// completed task, once its result is in too (the worker writes it with the
+// receipt, which may follow the acknowledgement by a moment).
 func (b *failureBundle) waitState(t *testing.T, taskID string, state asynq.TaskState) *asynq.TaskInfo {
 	t.Helper()
 	var info *asynq.TaskInfo
@@ -97,7 +99,8 @@ func (b *failureBundle) waitState(t *testing.T, taskID string, state asynq.TaskS
 		if err != nil {
 			return false, err.Error()
 		}
-		return info.State == state, fmt.Sprintf("state %s, retried %d, last error %q", info.State, info.Retried, info.LastErr)
+		done := info.State == state && (state != asynq.TaskStateCompleted || len(info.Result) > 0)
+		return done, fmt.Sprintf("state %s, retried %d, last error %q, result %q", info.State, info.Retried, info.LastErr, info.Result)
 	})
 	return info
 }

@@ -220,6 +220,8 @@ func New(cfg Config) (*Worker, error) {
 		Observer:   observer,
 		// The ledger and asynq share rdb's server and database.
 		ResultInReceipt: true,
+		AsyncReceipt:    true,
+		Inspector:       asynq.NewInspectorFromRedisClient(rdb),
 
 		InvalidGrantThreshold: cfg.InvalidGrantThreshold,
 		InvalidGrantWindow:    cfg.InvalidGrantWindow,
@@ -360,7 +362,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.cfg.Logger.Info("worker stopping", "shutdown_timeout", w.cfg.ShutdownTimeout.String())
 	stopKeepAlive()
 	shutdown(w.servers)
-	// The sends are over: end the pooled SMTP connections with QUIT.
+	// The sends are over; their last receipts may still be on their way.
+	w.handler.Flush()
+	// End the pooled SMTP connections with QUIT.
 	if err := w.registry.Close(); err != nil {
 		w.cfg.Logger.Warn("closing smtp connections", "error", err)
 	}

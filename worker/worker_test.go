@@ -293,14 +293,15 @@ func checkMessage(t *testing.T, data []byte, messageID string) {
 	}
 }
 
-// waitCompleted waits until asynq reports the task completed and checks
-// its result.
+// waitCompleted waits until asynq reports the task completed with its
+// result (written with the receipt, which may follow the acknowledgement by
+// a moment) and checks the result.
 func waitCompleted(t *testing.T, b *testBundle, taskID string) *asynq.TaskInfo {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		info, err := b.insp.GetTaskInfo(b.queue, taskID)
-		if err == nil && info.State == asynq.TaskStateCompleted {
+		if err == nil && info.State == asynq.TaskStateCompleted && len(info.Result) > 0 {
 			if !bytes.Contains(info.Result, []byte(`"reply":"250`)) {
 				t.Errorf("result %s has no 250 reply", info.Result)
 			}
