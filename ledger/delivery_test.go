@@ -449,3 +449,28 @@ func TestWriteReceiptSetsOtherHashesOnlyIfTheyExist(t *testing.T) {
 		t.Error("no receipt")
 	}
 }
+
+// TestWriteReceiptAfterTheServerLostItsScripts: a Redis restart empties the
+// script cache; the receipt's result field still gets written.
+func TestWriteReceiptAfterTheServerLostItsScripts(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, Options{})
+	ctx := context.Background()
+	task := tb.prefix + "asynq-task"
+	if err := tb.rdb.HSet(ctx, task, "state", "active").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The cache is the server's: every client of it (asynq, the other
+	// packages' tests) loads its scripts again on NOSCRIPT.
+	if err := tb.rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	err := tb.store.WriteReceipt(ctx, &Receipt{MessageID: "<m@x>", TaskID: "t1", Accepted: []string{"a@x"}, Reply: "250 ok"},
+		HashField{Key: task, Field: "result", Value: []byte(`{"ok":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tb.rdb.HGet(ctx, task, "result").Result(); err != nil || got != `{"ok":1}` {
+		t.Errorf("result = %q, %v", got, err)
+	}
+}

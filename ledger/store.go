@@ -155,6 +155,7 @@ func (s *Store) LoadScripts(ctx context.Context) error {
 // scripts lists every Lua script of the package, for LoadScripts.
 var scripts = []*redis.Script{
 	forgetRejectionsScript,
+	hsetIfExistsScript,
 	throttleScript,
 	authFailedScript,
 	holdScript,
