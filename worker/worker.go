@@ -28,6 +28,11 @@ const (
 	// ConcurrencyPerDequeueLoop is how much of Concurrency one dequeue
 	// loop serves by default (see Config.DequeueLoops).
 	ConcurrencyPerDequeueLoop = 5
+	// MaxDequeueLoopsPerCPU bounds the default DequeueLoops. A loop spends
+	// most of its time waiting for Redis, not on a CPU: on 2 CPUs at
+	// concurrency 50, four loops delivered 1.11-1.21× the naive handler's
+	// rate in five alternating runs against 1.00-1.19× with two.
+	MaxDequeueLoopsPerCPU = 2
 	// DefaultPollInterval is Config.PollInterval's default.
 	DefaultPollInterval    = 50 * time.Millisecond
 	DefaultShutdownTimeout = 30 * time.Second
@@ -50,8 +55,8 @@ type Config struct {
 	// so when a loaded Redis answers slowly that loop, not the sends, sets
 	// the rate; each server adds a loop (and its own heartbeat, which the
 	// asynq web UI lists as a server). Default: one per
-	// ConcurrencyPerDequeueLoop of Concurrency, rounded up, and at most one
-	// per CPU (GOMAXPROCS).
+	// ConcurrencyPerDequeueLoop of Concurrency, rounded up, and at most
+	// MaxDequeueLoopsPerCPU per CPU (GOMAXPROCS).
 	DequeueLoops int
 	// Queues maps queue names to priority weights. Default
 	// {tasks.DefaultQueue: 1}.
@@ -113,7 +118,7 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
 	c.DequeueLoops = cmp.Or(c.DequeueLoops,
-		min((c.Concurrency+ConcurrencyPerDequeueLoop-1)/ConcurrencyPerDequeueLoop, runtime.GOMAXPROCS(0)))
+		min((c.Concurrency+ConcurrencyPerDequeueLoop-1)/ConcurrencyPerDequeueLoop, MaxDequeueLoopsPerCPU*runtime.GOMAXPROCS(0)))
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	c.PollInterval = cmp.Or(c.PollInterval, c.pollInterval, DefaultPollInterval)
 	if len(c.Queues) == 0 {

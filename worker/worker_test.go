@@ -380,7 +380,7 @@ func TestInvalidInputIsRefusedAtEnqueue(t *testing.T) {
 func TestDequeueLoopsShareConcurrency(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ concurrency, loops int }{{1, 1}, {5, 1}, {6, 2}, {10, 2}, {50, 10}, {1000, 200}} {
-		want := min(tc.loops, runtime.GOMAXPROCS(0))
+		want := min(tc.loops, MaxDequeueLoopsPerCPU*runtime.GOMAXPROCS(0))
 		if got := (Config{Concurrency: tc.concurrency}).WithDefaults().DequeueLoops; got != want {
 			t.Errorf("default DequeueLoops for Concurrency %d on %d CPUs = %d, want %d", tc.concurrency, runtime.GOMAXPROCS(0), got, want)
 		}
