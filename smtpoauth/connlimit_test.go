@@ -22,11 +22,18 @@ type slotLimiter struct {
 	released int
 	failOnce error           // returned by the next AcquireConn instead of a slot
 	refused  chan struct{}   // a slot was refused
+	// answerSlowly, if set, makes a refusal wait until every slot is
+	// back before it is returned: a limiter on a remote Redis answers
+	// while leases come back.
+	answerSlowly bool
+	returned     *sync.Cond // on mu; broadcast when a slot is released
 	slots    []chan struct{} // the Lost channels handed out
 }
 
 func newSlotLimiter(limit int) *slotLimiter {
-	return &slotLimiter{limit: limit, refused: make(chan struct{}, 100)}
+	l := &slotLimiter{limit: limit, refused: make(chan struct{}, 100)}
+	l.returned = sync.NewCond(&l.mu)
+	return l
 }
 
 func (l *slotLimiter) AcquireConn(context.Context) (*smtpoauth.ConnSlot, error) {
@@ -42,6 +49,9 @@ func (l *slotLimiter) AcquireConn(context.Context) (*smtpoauth.ConnSlot, error) 
 		case l.refused <- struct{}{}:
 		default:
 		}
+		for l.answerSlowly && l.held > 0 {
+			l.returned.Wait()
+		}
 		return nil, fmt.Errorf("%w (limit %d)", smtpoauth.ErrConnLimit, l.limit)
 	}
 	l.held++
@@ -55,6 +65,7 @@ func (l *slotLimiter) AcquireConn(context.Context) (*smtpoauth.ConnSlot, error) 
 			l.mu.Lock()
 			l.held--
 			l.released++
+			l.returned.Broadcast()
 			l.mu.Unlock()
 		})
 	}, Lost: lost}, nil
@@ -152,6 +163,23 @@ func TestSenderConnLimiter(t *testing.T) {
 		b.send(t, 1) // the slot count is whole again
 		if held, _, _, _ := lim.counts(); held != 1 {
 			t.Errorf("limiter holds %d slots, want 1", held)
+		}
+	})
+
+	t.Run("ARefusalThatCrossedAReturnedLeaseAsksAgain", func(t *testing.T) {
+		t.Parallel()
+		lim := newSlotLimiter(1)
+		lim.answerSlowly = true
+		b := setupPoolTest(t, func(cfg *smtpoauth.Config) {
+			cfg.ConnLimiter = lim
+			cfg.MaxMessagesPerConn = 1 // each connection retires after its message
+		})
+		for i := range 4 {
+			b.send(t, i)
+		}
+		b.wantLogins(t, 4, 4)
+		if held, peak, _, _ := lim.counts(); held != 1 || peak != 1 {
+			t.Errorf("limiter: %d held, peak %d; want 1 and 1", held, peak)
 		}
 	})
 

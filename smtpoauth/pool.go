@@ -63,6 +63,7 @@ type pool struct {
 
 	releasing sync.WaitGroup // leases being given back to the limiter
 	returning int            // how many, guarded by mu
+	returned  uint64         // how many were given back so far, guarded by mu
 }
 
 // grant is what a waiting Send receives: a session to reuse, or else (ss
@@ -185,9 +186,12 @@ func (p *pool) waitFailed(ctx context.Context) error {
 // limiter, and frees the slot if that fails.
 func (p *pool) dial(ctx context.Context, lease *ConnSlot) (*session, error) {
 	if lease == nil && p.limiter != nil {
+		p.mu.Lock()
+		returned := p.returned
+		p.mu.Unlock()
 		var err error
 		if lease, err = p.limiter.AcquireConn(ctx); err != nil {
-			return p.noLease(ctx, err)
+			return p.noLease(ctx, err, returned)
 		}
 	}
 	ss, err := p.s.open(ctx)
@@ -199,12 +203,19 @@ func (p *pool) dial(ctx context.Context, lease *ConnSlot) (*session, error) {
 	return ss, nil
 }
 
-// noLease handles the limiter's refusal of a lease for a counted slot,
-// which it frees: when every slot of the mailbox is taken elsewhere, the
-// Send waits for one of the Sender's own connections if there is one, or
-// for a slot it is giving back; otherwise it fails with err.
-func (p *pool) noLease(ctx context.Context, err error) (*session, error) {
+// noLease handles the limiter's refusal of a lease for a counted slot:
+// when every slot of the mailbox is taken elsewhere, the Send asks again if
+// one of the Sender's own leases was given back since it asked (returned
+// was p.returned then), or frees the slot and waits for one of the Sender's
+// connections if there is one, or for a lease it is giving back; otherwise
+// it frees the slot and fails with err.
+func (p *pool) noLease(ctx context.Context, err error, returned uint64) (*session, error) {
 	p.mu.Lock()
+	if errors.Is(err, ErrConnLimit) && p.returned != returned && !p.closed {
+		// The refusal may have crossed the lease coming back.
+		p.mu.Unlock()
+		return p.dial(ctx, nil)
+	}
 	p.open--
 	if errors.Is(err, ErrConnLimit) && (p.open > 0 || p.returning > 0) && !p.closed {
 		return p.waitLocked(ctx, true)
@@ -408,6 +419,7 @@ func (p *pool) releaseLocked(lease *ConnSlot) {
 		lease.Release()
 		p.mu.Lock()
 		p.returning--
+		p.returned++
 		p.mu.Unlock()
 	})
 }
