@@ -20,14 +20,14 @@ type slotLimiter struct {
 	refusals int
 	acquired int
 	released int
-	failOnce error           // returned by the next AcquireConn instead of a slot
-	refused  chan struct{}   // a slot was refused
+	failOnce error         // returned by the next AcquireConn instead of a slot
+	refused  chan struct{} // a slot was refused
 	// answerSlowly, if set, makes a refusal wait until every slot is
 	// back before it is returned: a limiter on a remote Redis answers
 	// while leases come back.
 	answerSlowly bool
-	returned     *sync.Cond // on mu; broadcast when a slot is released
-	slots    []chan struct{} // the Lost channels handed out
+	returned     *sync.Cond      // on mu; broadcast when a slot is released
+	slots        []chan struct{} // the Lost channels handed out
 }
 
 func newSlotLimiter(limit int) *slotLimiter {
