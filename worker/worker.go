@@ -54,7 +54,8 @@ type Config struct {
 	// round trips to Redis (the delivery state before, the receipt after),
 	// so when a loaded Redis answers slowly that loop, not the sends, sets
 	// the rate; each server adds a loop (and its own heartbeat, which the
-	// asynq web UI lists as a server). Default: one per
+	// asynq web UI lists as a server). The servers share the worker's
+	// Redis connection pool (size it with Redis's PoolSize). Default: one per
 	// ConcurrencyPerDequeueLoop of Concurrency, rounded up, and at most
 	// MaxDequeueLoopsPerCPU per CPU (GOMAXPROCS).
 	DequeueLoops int
@@ -235,14 +236,16 @@ func New(cfg Config) (*Worker, error) {
 		rdb.Close()
 		return nil, err
 	}
-	// The loops share Concurrency as evenly as it divides.
+	// The loops share Concurrency as evenly as it divides, and rdb's
+	// connection pool with the ledger: a pool per server cost 4 MiB of
+	// memory each at concurrency 100 (bench/RESULTS.md) and was no faster.
 	servers := make([]*asynq.Server, cfg.DequeueLoops)
 	for i := range servers {
 		n := cfg.Concurrency / cfg.DequeueLoops
 		if i < cfg.Concurrency%cfg.DequeueLoops {
 			n++
 		}
-		servers[i] = asynq.NewServer(cfg.Redis, asynq.Config{
+		servers[i] = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 			Concurrency:              n,
 			Queues:                   cfg.Queues,
 			ShutdownTimeout:          cfg.ShutdownTimeout,
