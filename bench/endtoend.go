@@ -150,7 +150,9 @@ func (b *bench) measureEndToEnd(ctx context.Context, c int, profile bool) (endTo
 func (b *bench) drain(ctx context.Context, cons consumer, c int, profile bool) (rate, cpu float64, err error) {
 	q := b.queue(fmt.Sprintf("e2e-c%d", c))
 	defer func() {
-		if derr := b.deleteQueue(context.WithoutCancel(ctx), q); err == nil {
+		// The queue and the messages' delivery state go with the round,
+		// so that every round starts on a Redis of the same size.
+		if derr := b.deleteKeys(context.WithoutCancel(ctx), "asynq:{"+q+"}:*", b.ledgerPrefix("inproc")+"delivery:*"); err == nil {
 			err = derr
 		}
 	}()

@@ -114,7 +114,7 @@ const (
 	DefaultMessages       = 20000
 	DefaultEnqueueN       = 10000
 	DefaultBatch          = 100
-	DefaultRounds         = 5
+	DefaultRounds         = 7
 	DefaultConcurrency    = "10,50"
 	DefaultRSSConcurrency = 100
 	DefaultBodyBytes      = 1024
