@@ -475,19 +475,7 @@ func (s *Store) DeliveryAndAccount(ctx context.Context, messageID, account strin
 	case account == "":
 		return nil, AccountStatus{}, fmt.Errorf("load account: %w", errEmptyAccount)
 	}
-	var dh, ah *redis.MapStringStringCmd
-	err := s.shared(ctx, func(p redis.Pipeliner) {
-		dh = p.HGetAll(ctx, s.deliveryKey(messageID))
-		ah = p.HGetAll(ctx, s.accountKey(account))
-	})
-	if err != nil {
-		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s and account %s: %w", messageID, account, err)
-	}
-	d, err := decodeDelivery(messageID, dh.Val())
-	if err != nil {
-		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s: %w", messageID, err)
-	}
-	return d, decodeAccount(account, ah.Val()), nil
+	return s.deliveryAndAccount(ctx, messageID, account, nil)
 }
 
 // StartAttempt returns what DeliveryAndAccount returns and records, in the
@@ -512,16 +500,25 @@ func (s *Store) StartAttempt(ctx context.Context, messageID, account string, a A
 	if err != nil {
 		return nil, AccountStatus{}, fmt.Errorf("start attempt of %s: %w", messageID, err)
 	}
+	return s.deliveryAndAccount(ctx, messageID, account, rec)
+}
+
+// deliveryAndAccount reads the delivery state of messageID and the health
+// of account in one round trip, and records attempt as the message's last
+// attempt unless it is nil.
+func (s *Store) deliveryAndAccount(ctx context.Context, messageID, account string, attempt []byte) (*Delivery, AccountStatus, error) {
 	key := s.deliveryKey(messageID)
 	var dh, ah *redis.MapStringStringCmd
-	err = s.shared(ctx, func(p redis.Pipeliner) {
+	err := s.shared(ctx, func(p redis.Pipeliner) {
 		dh = p.HGetAll(ctx, key)
 		ah = p.HGetAll(ctx, s.accountKey(account))
-		p.HSet(ctx, key, fieldAttempt, rec)
-		p.PExpire(ctx, key, s.opts.DeliveryTTL)
+		if attempt != nil {
+			p.HSet(ctx, key, fieldAttempt, attempt)
+			p.PExpire(ctx, key, s.opts.DeliveryTTL)
+		}
 	})
 	if err != nil {
-		return nil, AccountStatus{}, fmt.Errorf("start attempt of %s (account %s): %w", messageID, account, err)
+		return nil, AccountStatus{}, fmt.Errorf("load delivery of %s and account %s: %w", messageID, account, err)
 	}
 	d, err := decodeDelivery(messageID, dh.Val())
 	if err != nil {
