@@ -126,3 +126,35 @@ func deleteKeys(rdb *redis.Client, prefix string) {
 		rdb.Del(ctx, iter.Val())
 	}
 }
+
+// A worker starts each attempt with StartAttempt: one round trip reads the
+// message's state and the account's health and records the attempting
+// task, which the next attempt sees. Here a second task of the same message
+// finds the first task's attempt and no receipt: it would ask asynq whether
+// that task completed before sending (tasks.HandlerConfig.AsyncReceipt). It
+// needs the test Redis server.
+func ExampleStore_StartAttempt() {
+	ctx := context.Background()
+	rdb := redis.NewClient(redistest.Options(5))
+	defer rdb.Close()
+	prefix := examplePrefix()
+	defer deleteKeys(rdb, prefix)
+	store := ledger.New(rdb, ledger.Options{Prefix: prefix})
+	const msg = "<43@example.com>"
+
+	for _, task := range []string{"task-1", "task-2"} {
+		d, st, err := store.StartAttempt(ctx, msg, "support", ledger.Attempt{Queue: "email", TaskID: task})
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		last := "none"
+		if d.LastAttempt != nil {
+			last = d.LastAttempt.TaskID
+		}
+		fmt.Printf("%s: account %s, receipt %v, last attempt %s\n", task, st.State, d.Receipt != nil, last)
+	}
+	// Output:
+	// task-1: account ok, receipt false, last attempt none
+	// task-2: account ok, receipt false, last attempt task-1
+}
