@@ -192,7 +192,7 @@ func newTask(e *Email, opts []Option) (*builtTask, error) {
 	}
 
 	t := &builtTask{payload: p, queue: o.queue}
-	aopts := []asynq.Option{asynq.Queue(o.queue), asynq.Retention(DefaultRetention), asynq.MaxRetry(DefaultMaxRetry)}
+	aopts := append(make([]asynq.Option, 0, 3+len(o.asynq)), asynq.Queue(o.queue), retentionOption, maxRetryOption)
 	if o.key != "" {
 		t.taskID = taskIDFor(e.AccountID, o.key)
 		aopts = append(aopts, asynq.TaskID(t.taskID))
@@ -201,6 +201,12 @@ func newTask(e *Email, opts []Option) (*builtTask, error) {
 	t.task = asynq.NewTask(TypeSendEmail, data, aopts...)
 	return t, nil
 }
+
+// The asynq options every task gets unless Option says otherwise, made once.
+var (
+	retentionOption = asynq.Retention(DefaultRetention)
+	maxRetryOption  = asynq.MaxRetry(DefaultMaxRetry)
+)
 
 // idEncoding is base32 (RFC 4648) in lower case, without padding.
 var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

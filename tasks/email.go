@@ -115,18 +115,27 @@ func (e *Email) recipients() []string {
 // form goes to net/mail. FuzzParseMailAddress checks that the shortcut
 // returns what net/mail does.
 func parseMailAddress(s string) (*mail.Address, error) {
-	name, addr := "", s
+	if name, addr, ok := simpleAddress(s); ok {
+		return &mail.Address{Name: name, Address: addr}, nil
+	}
+	return mail.ParseAddress(s)
+}
+
+// simpleAddress is parseMailAddress's shortcut: the display name and the
+// address of s, and true, when s takes one of the two simple forms.
+func simpleAddress(s string) (name, addr string, ok bool) {
+	addr = s
 	if strings.HasSuffix(s, ">") {
-		if lt := strings.IndexByte(s, '<'); lt >= 2 && s[lt-1] == ' ' && isSimplePhrase(s[:lt-1]) {
-			name, addr = s[:lt-1], s[lt+1:len(s)-1]
-		} else {
-			return mail.ParseAddress(s)
+		lt := strings.IndexByte(s, '<')
+		if lt < 2 || s[lt-1] != ' ' || !isSimplePhrase(s[:lt-1]) {
+			return "", "", false
 		}
+		name, addr = s[:lt-1], s[lt+1:len(s)-1]
 	}
 	if at := strings.LastIndexByte(addr, '@'); at < 0 || !isDotAtom(addr[:at]) || !isDotAtom(addr[at+1:]) {
-		return mail.ParseAddress(s)
+		return "", "", false
 	}
-	return &mail.Address{Name: name, Address: addr}, nil
+	return name, addr, true
 }
 
 // isSimplePhrase reports whether s is words of ASCII letters and digits

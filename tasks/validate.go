@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"net/mail"
 	"strings"
 	"unicode/utf8"
 )
@@ -295,7 +296,10 @@ func parseAddress(s string) (addr, reason string) {
 	if len(s) > maxAddressLen {
 		return "", fmt.Sprintf("longer than %d bytes", maxAddressLen)
 	}
-	a, err := parseMailAddress(s)
+	if _, addr, ok := simpleAddress(s); ok {
+		return addr, "" // printable ASCII, checked above
+	}
+	a, err := mail.ParseAddress(s)
 	if err != nil {
 		return "", strings.TrimPrefix(err.Error(), "mail: ")
 	}
