@@ -127,7 +127,9 @@ type Status struct {
 	// CompletedAt is when a StateCompleted task completed.
 	CompletedAt time.Time `json:"completed_at,omitzero"`
 	// Result is what a completed task wrote: the accepted and refused
-	// recipients and the server's reply. Nil when the task wrote none.
+	// recipients and the server's reply, or its message's receipt when the
+	// result is not in yet (a worker writes both just after asynq
+	// completes the task). Nil when neither is there.
 	Result *Result `json:"result,omitempty"`
 }
 
