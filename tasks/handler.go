@@ -379,8 +379,7 @@ func (h *Handler) completeAsync(ctx context.Context, a *attempt, r *ledger.Recei
 			a.logger().Error("delivered but could not write the receipt; the task's acknowledgement stands for it", "error", err)
 		}
 	}()
-	a.base.LogAttrs(ctx, slog.LevelInfo, "delivered", append(slices.Clip(a.attrs),
-		slog.Int("accepted", len(r.Accepted)), slog.Int("rejected", 0), slog.Bool("possible_duplicate", r.PossibleDuplicate))...)
+	logDelivered(ctx, a, r)
 }
 
 // recoverReceipt handles a message without a receipt that another task
@@ -456,11 +455,15 @@ func (h *Handler) complete(ctx context.Context, a *attempt, st ledger.AccountSta
 	if result == nil {
 		h.writeResult(a, r)
 	}
-	// One line per message: its attributes are formatted once, not kept
-	// in a logger first.
+	logDelivered(ctx, a, r)
+	return nil
+}
+
+// logDelivered writes the one line of a delivered message. Its attributes
+// are formatted once, not kept in a logger first.
+func logDelivered(ctx context.Context, a *attempt, r *ledger.Receipt) {
 	a.base.LogAttrs(ctx, slog.LevelInfo, "delivered", append(slices.Clip(a.attrs),
 		slog.Int("accepted", len(r.Accepted)), slog.Int("rejected", len(r.Rejected)), slog.Bool("possible_duplicate", r.PossibleDuplicate))...)
-	return nil
 }
 
 // resultField returns the task result of r as the hash field asynq's
